@@ -1,0 +1,74 @@
+"""UPOCR configurations.
+
+Usage: ``--config=configs/upocr.py:VARIANT`` with VARIANT one of
+
+* ``paper``: the exact model and recipe of the UPOCR paper (SwinV2-S encoder,
+  512x512, 16 images per task per step, 80k steps).
+* ``tiny``: a small model for tests and the CPU demo (trains on synthetic data in
+  minutes on two cores).
+
+Any field can be overridden on the command line, e.g.
+``--config.train.steps=100 --config.model.dtype=bfloat16``.
+"""
+
+import ml_collections
+
+from configs import data_config
+
+TASKS = ("text removal", "tampered text detection", "text segmentation")
+
+
+def _model_config(variant: str) -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.tasks = list(TASKS)
+  m.patch_size = 4
+  m.mlp_ratio = 4.0
+  # Compute dtype of matmuls/convs; softmax, norms and the position-bias MLP stay
+  # in float32 whatever this says.
+  m.dtype = "float32"
+  # Rematerialise every transformer block in the backward pass (saves activations).
+  m.remat = False
+  # True masks zero-padded tokens out of window attention. The official code does
+  # not, so official weights expect False.
+  m.mask_padding = False
+  m.encoder = ml_collections.ConfigDict()
+  m.decoder = ml_collections.ConfigDict()
+  if variant == "paper":
+    m.encoder.embed_dim = 96
+    m.encoder.depths = [2, 2, 18, 2]
+    m.encoder.num_heads = [3, 6, 12, 24]
+    m.encoder.window_size = 16
+    m.encoder.pretrained_window_size = 16
+    m.encoder.drop_path_rate = 0.3
+    m.decoder.depths = [2, 18, 2, 2, 2]
+    m.decoder.num_heads = [24, 12, 6, 3, 2]
+    m.decoder.window_size = 8
+    m.decoder.pretrained_window_size = 8
+    m.decoder.drop_path_rate = 0.3
+  elif variant == "tiny":
+    m.encoder.embed_dim = 16
+    m.encoder.depths = [1, 1, 2, 1]
+    m.encoder.num_heads = [1, 2, 2, 4]
+    m.encoder.window_size = 8
+    m.encoder.pretrained_window_size = 8
+    m.encoder.drop_path_rate = 0.1
+    m.decoder.depths = [1, 2, 1, 1, 1]
+    m.decoder.num_heads = [4, 2, 2, 1, 1]
+    m.decoder.window_size = 8
+    m.decoder.pretrained_window_size = 8
+    m.decoder.drop_path_rate = 0.1
+  else:
+    raise ValueError(f"configs/upocr.py: unknown variant {variant!r}; "
+                     "expected one of 'paper', 'tiny'")
+  return m
+
+
+def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
+  """Returns the config of variant ``arg`` ('paper' or 'tiny')."""
+  variant = arg or "paper"
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.seed = 0
+  config.model = _model_config(variant)
+  config.data = data_config.get_data_config(variant)
+  return config
