@@ -1,0 +1,321 @@
+"""Import of official PyTorch UPOCR checkpoints (and torchvision VGG16 weights).
+
+Python::
+
+  model = convert.load_official("upocr.pth", config.model)
+  model, vgg = convert.load_official("upocr.pth", config.model, return_vgg=True)
+  vgg = convert.load_vgg("vgg16-397923af.pth")     # torchvision state dict
+
+Command line (writes a weight directory, see ``upocr_jax.weights``)::
+
+  python -m upocr_jax.convert --checkpoint upocr.pth \\
+      --config configs/upocr.py:paper --out weights/upocr_paper
+
+Sources: a ``.pth``/``.pt`` file (needs torch: ``pip install upocr_jax[torch]``),
+``.npz``, ``.safetensors``, or a mapping key -> array. The official
+``{'model': ...}`` wrapping and the DistributedDataParallel ``module.`` prefix are
+accepted; the ``relative_coords_table`` / ``relative_position_index`` buffers are
+ignored (they are recomputed from the window sizes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from upocr_jax.models import UPOCR, VGG16Features
+from upocr_jax.models.vgg import VGG_GROUPS, FrozenParam
+
+_BUFFERS = ("relative_coords_table", "relative_position_index")
+# First index in torchvision's vgg16().features of each conv group.
+_TORCHVISION_GROUP_START = (0, 5, 10)
+
+
+# ----------------------------------------------------------------------------
+# Reading state dicts
+# ----------------------------------------------------------------------------
+def _load_pth(path: str) -> Mapping[str, Any]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"reading {path} needs torch: pip install "
+                      "'upocr_jax[torch]' (or convert it to .npz/.safetensors "
+                      "elsewhere)") from e
+  import argparse  # pylint: disable=g-import-not-at-top
+  # Official checkpoints also pickle their argparse.Namespace; allow just that.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  return sd
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any]
+                    ) -> dict[str, np.ndarray]:
+  """Reads a state dict as {key: float32/int numpy array}, unwrapped."""
+  name = "the given mapping"
+  if isinstance(source, (str, os.PathLike)):
+    path = os.fspath(source)
+    name = path
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".pth", ".pt", ".bin"):
+      sd = _load_pth(path)
+    elif ext == ".npz":
+      with np.load(path, allow_pickle=False) as z:
+        sd = {k: z[k] for k in z.files}
+    elif ext == ".safetensors":
+      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+      sd = load_file(path)
+    else:
+      raise ValueError(f"checkpoint {path}: unknown format {ext!r}; expected "
+                       ".pth, .pt, .npz or .safetensors")
+  else:
+    sd = source
+  if "model" in sd and isinstance(sd["model"], Mapping):
+    sd = sd["model"]
+  out = {}
+  for k, v in sd.items():
+    if not hasattr(v, "shape"):
+      raise ValueError(f"{name}: entry {k!r} is not an array "
+                       f"({type(v).__name__})")
+    k = k[len("module."):] if k.startswith("module.") else k
+    if hasattr(v, "detach"):  # torch tensor
+      v = v.detach().cpu().numpy()
+    out[k] = np.asarray(v)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Name and layout mapping
+# ----------------------------------------------------------------------------
+def official_key(path: tuple[Any, ...], num_dec_stages: int = 5) -> str:
+  """The official state-dict key of a UPOCR parameter path."""
+  parts = [str(p) for p in path]
+  leaf = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
+  if parts == ["task_embedding"]:
+    return "task_prompt.task_embedding.weight"
+  if parts[0] == "encoder":
+    parts[0] = "encoder.backbone"
+    if parts[1] == "norms":  # per-stage output norms are norm0..norm3
+      parts[1:3] = [f"norm{parts[2]}"]
+  if parts[0] == "decoder" and parts[1] == "out_norms":
+    parts[1:3] = [f"norm{int(parts[2]) + num_dec_stages - 3}"]
+  name = ".".join(parts[:-1] + [leaf])
+  return name.replace(".cpb_fc1.", ".cpb_mlp.0.").replace(".cpb_fc2.",
+                                                           ".cpb_mlp.2.")
+
+
+def vgg_key(path: tuple[Any, ...], torchvision: bool = False) -> str:
+  """Official (``vgg16.enc_G.I``) or torchvision (``features.N``) VGG key."""
+  _, group, conv, leaf = path
+  leaf = "weight" if leaf == "kernel" else leaf
+  if torchvision:
+    return f"features.{_TORCHVISION_GROUP_START[group] + 2 * conv}.{leaf}"
+  return f"vgg16.enc_{group + 1}.{2 * conv}.{leaf}"
+
+
+def to_jax_layout(key: str, value: np.ndarray, shape: tuple[int, ...]
+                  ) -> np.ndarray:
+  """PyTorch layout -> ours: Linear (out,in)->(in,out), Conv OIHW->HWIO."""
+  if key.endswith("logit_scale"):
+    return value.reshape(-1)
+  if value.ndim == 2 and len(shape) == 2 and key.endswith("weight") \
+      and "task_embedding" not in key:
+    return value.T
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  return value
+
+
+@dataclasses.dataclass
+class LoadReport:
+  """What matching a state dict against a module found."""
+  loaded: list[str] = dataclasses.field(default_factory=list)
+  missing: list[str] = dataclasses.field(default_factory=list)
+  unexpected: list[str] = dataclasses.field(default_factory=list)
+  mis_shaped: list[str] = dataclasses.field(default_factory=list)
+  ignored: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def ok(self) -> bool:
+    return not (self.missing or self.unexpected or self.mis_shaped)
+
+  def describe(self, source: str) -> str:
+    lines = [f"{source}: {len(self.loaded)} tensors loaded"]
+    for what in ("missing", "unexpected", "mis_shaped"):
+      keys = getattr(self, what)
+      if keys:
+        lines.append(f"  {what.replace('_', '-')} ({len(keys)}): "
+                     + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+    return "\n".join(lines)
+
+
+def _fill(module: nnx.Module, var_type, sd: dict[str, np.ndarray], key_fn,
+          report: LoadReport, consumed: set[str]) -> nnx.Module:
+  graphdef, state = nnx.split(module)
+  flat = nnx.to_flat_state(state)
+  new = []
+  for path, var in flat:
+    if not isinstance(var, var_type):
+      new.append((path, var))
+      continue
+    key = key_fn(path)
+    if key not in sd:
+      report.missing.append(key)
+      new.append((path, var))
+      continue
+    consumed.add(key)
+    value = to_jax_layout(key, sd[key], var.shape)
+    if tuple(value.shape) != tuple(var.shape):
+      report.mis_shaped.append(f"{key} (checkpoint {tuple(sd[key].shape)}, "
+                               f"model expects {_torch_shape(key, var.shape)})")
+      new.append((path, var))
+      continue
+    report.loaded.append(key)
+    new.append((path, var.replace(jnp.asarray(value, jnp.float32))))
+  return nnx.merge(graphdef, nnx.from_flat_state(new))
+
+
+def _torch_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if key.endswith("logit_scale"):
+    return (shape[0], 1, 1)
+  if len(shape) == 2 and "task_embedding" not in key:
+    return shape[::-1]
+  if len(shape) == 4:
+    return (shape[3], shape[2], shape[0], shape[1])
+  return tuple(shape)
+
+
+def _build(factory, strict: bool):
+  # Strict loads overwrite every parameter, so skip the random init.
+  return nnx.eval_shape(factory) if strict else factory()
+
+
+def _finish(report: LoadReport, strict: bool, source_name: str):
+  if report.ok:
+    return
+  msg = report.describe(source_name)
+  if strict:
+    raise ValueError(msg + "\n(pass strict=False to load what matches and "
+                     "keep the initial values of the rest)")
+  logging.warning("%s", msg)
+
+
+def load_official(source: str | os.PathLike | Mapping[str, Any],
+                  model_config: ml_collections.ConfigDict, *,
+                  strict: bool = True, return_vgg: bool = False):
+  """Builds a ``UPOCR`` holding the weights of an official state dict.
+
+  Args:
+    source: path (.pth/.pt/.npz/.safetensors) or mapping key -> array.
+    model_config: ``config.model`` describing the checkpoint's architecture.
+    strict: raise on any missing, unexpected or mis-shaped key (naming each);
+      with False, log them and keep the initial values of missing parameters.
+    return_vgg: also return the loss's VGG16 built from the ``vgg16.*`` keys.
+
+  Returns:
+    The model, or (model, vgg) with ``return_vgg`` (vgg None if the checkpoint
+    has no ``vgg16.*`` keys and ``strict`` is False).
+  """
+  sd = read_state_dict(source)
+  name = source if isinstance(source, (str, os.PathLike)) else "state dict"
+  report = LoadReport()
+  consumed: set[str] = set()
+  n_dec = len(model_config.decoder.depths)
+  model = _fill(_build(lambda: UPOCR(model_config, rngs=nnx.Rngs(0)), strict),
+                nnx.Param, sd, lambda p: official_key(p, n_dec), report,
+                consumed)
+  vgg = None
+  has_vgg = any(k.startswith("vgg16.") for k in sd)
+  if return_vgg or has_vgg:
+    # The VGG keys are checked even when not returned, so a damaged checkpoint
+    # never passes silently.
+    vgg = _fill(_build(lambda: VGG16Features(rngs=nnx.Rngs(0)), strict),
+                FrozenParam, sd, vgg_key, report, consumed)
+    if not has_vgg:
+      vgg = None
+  for k in sd:
+    if k in consumed:
+      continue
+    (report.ignored if k.endswith(_BUFFERS) else report.unexpected).append(k)
+  _finish(report, strict, str(name))
+  return (model, vgg) if return_vgg else model
+
+
+def load_vgg(source: str | os.PathLike | Mapping[str, Any], *,
+             strict: bool = True) -> VGG16Features:
+  """VGG16 features from an official UPOCR checkpoint or torchvision weights.
+
+  A torchvision ``vgg16`` state dict (``features.N.weight``; its classifier
+  is ignored) or any dict with the official ``vgg16.enc_G.I.*`` keys.
+  """
+  sd = read_state_dict(source)
+  torchvision = not any(k.startswith("vgg16.") for k in sd)
+  report = LoadReport()
+  consumed: set[str] = set()
+  vgg = _fill(_build(lambda: VGG16Features(rngs=nnx.Rngs(0)), strict),
+              FrozenParam, sd, lambda p: vgg_key(p, torchvision), report,
+              consumed)
+  # Everything else in the file (the UPOCR model, the VGG classifier, deeper
+  # VGG layers) is legitimately unused here.
+  report.ignored = [k for k in sd if k not in consumed]
+  name = source if isinstance(source, (str, os.PathLike)) else "state dict"
+  _finish(report, strict, str(name))
+  return vgg
+
+
+# ----------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file whose config.model matches the checkpoint, "
+      "e.g. configs/upocr.py:paper.", lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "Official .pth/.npz/.safetensors.")
+  flags.DEFINE_string("out", None, "Output weight directory (must not exist).")
+  flags.DEFINE_string("vgg", None, "Optional torchvision VGG16 state dict, for "
+                      "checkpoints without vgg16.* keys.")
+  flags.DEFINE_bool("strict", True, "Fail on missing/unexpected/mis-shaped "
+                    "keys (--nostrict: report them and keep initial values).")
+  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+
+
+def _main(argv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from upocr_jax import weights  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise SystemExit(f"upocr-convert: unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  logging.info("Reading %s", f.checkpoint)
+  model, vgg = load_official(f.checkpoint, f.config.model, strict=f.strict,
+                             return_vgg=True)
+  if f.vgg:
+    vgg = load_vgg(f.vgg, strict=f.strict)
+  n = sum(int(np.prod(v.shape)) for v in
+          jax.tree.leaves(nnx.state(model, nnx.Param)))
+  weights.save_weights(f.out, model, vgg)
+  print(f"Wrote {f.out}: UPOCR with {n:,} parameters"
+        + ("" if vgg is None else " + VGG16 loss features")
+        + f" ({f.config.variant if 'variant' in f.config else 'config'}).")
+
+
+def run_main() -> None:
+  """Console-script entry point ``upocr-convert`` / ``python -m``."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,292 @@
+"""Swin Transformer V2 pieces shared by the UPOCR encoder and decoder.
+
+Tensors are NHWC. Behaviour follows the official UPOCR code (which the fixtures
+pin down): scaled cosine attention with a clamped per-head logit scale, a
+continuous position bias MLP over log-spaced coordinates, q/v bias only,
+residual post-norm, zero padding of the map to a multiple of the window on the
+bottom/right with the padded tokens left unmasked (unless ``mask_padding``), and
+a shift of window//2 on every second block even when the map is smaller than
+the window.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from upocr_jax.models.layers import Dense, LayerNorm, drop_path, param, zeros
+
+Array = jax.Array
+# float32 log(100), the clamp of the official code (torch.log(tensor(1/0.01))).
+_LOGIT_CLAMP = float(np.log(np.float32(100.0)).astype(np.float32))
+_SHIFT_MASK_VALUE = -100.0  # the official shifted-window mask value
+_PAD_MASK_VALUE = -1e9      # for mask_padding=True: removes padded keys entirely
+
+
+# ----------------------------------------------------------------------------
+# Static (numpy) geometry: computed at trace time from shapes, never learned.
+# ----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def relative_coords_table(window: int, pretrained_window: int) -> np.ndarray:
+  """(2w-1, 2w-1, 2) log-spaced relative coordinates fed to the bias MLP."""
+  r = np.arange(-(window - 1), window, dtype=np.float32)
+  table = np.stack(np.meshgrid(r, r, indexing="ij"), axis=-1)
+  denom = (pretrained_window if pretrained_window > 0 else window) - 1
+  table = table / np.float32(denom) * np.float32(8.0)
+  table = (np.sign(table) * np.log2(np.abs(table) + 1.0) /
+           np.float32(np.log2(8.0)))
+  return table.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def relative_position_index(window: int) -> np.ndarray:
+  """(N, N) index into the flattened (2w-1)^2 bias table, N = window^2."""
+  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window),
+                                indexing="ij")).reshape(2, -1)
+  rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
+  return (rel[0] * (2 * window - 1) + rel[1]).astype(np.int32)
+
+
+def _partition_np(x: np.ndarray, window: int) -> np.ndarray:
+  """(Hp, Wp) -> (nW, window*window), windows in row-major order."""
+  hp, wp = x.shape
+  x = x.reshape(hp // window, window, wp // window, window).transpose(0, 2, 1, 3)
+  return x.reshape(-1, window * window)
+
+
+@functools.lru_cache(maxsize=None)
+def attention_mask(h: int, w: int, window: int, shift: int,
+                   mask_padding: bool) -> np.ndarray | None:
+  """Additive (nW, N, N) mask for a block on an h x w map, or None.
+
+  Shifted blocks get the official -100 mask between regions that the cyclic
+  shift brought together. With ``mask_padding`` the zero-padded tokens are also
+  removed as keys.
+  """
+  hp, wp = -(-h // window) * window, -(-w // window) * window
+  mask = None
+  if shift > 0:
+    regions = np.zeros((hp, wp), np.float32)
+    bounds = ((0, hp - window), (hp - window, hp - shift), (hp - shift, hp))
+    wbounds = ((0, wp - window), (wp - window, wp - shift), (wp - shift, wp))
+    cnt = 0
+    for h0, h1 in bounds:
+      for w0, w1 in wbounds:
+        regions[h0:h1, w0:w1] = cnt
+        cnt += 1
+    win = _partition_np(regions, window)
+    mask = np.where(win[:, None, :] != win[:, :, None], _SHIFT_MASK_VALUE,
+                    0.0).astype(np.float32)
+  if mask_padding and (hp != h or wp != w):
+    valid = np.zeros((hp, wp), bool)
+    valid[:h, :w] = True
+    valid = np.roll(valid, (-shift, -shift), axis=(0, 1))
+    keys = _partition_np(valid, window)  # (nW, N)
+    pad = np.where(keys[:, None, :], 0.0, _PAD_MASK_VALUE).astype(np.float32)
+    mask = pad if mask is None else mask + pad
+    mask = np.broadcast_to(mask, (keys.shape[0],) + (keys.shape[1],) * 2)
+  return None if mask is None else np.ascontiguousarray(mask)
+
+
+def window_partition(x: Array, window: int) -> Array:
+  """(B, Hp, Wp, C) -> (B, nW, window*window, C)."""
+  b, hp, wp, c = x.shape
+  x = x.reshape(b, hp // window, window, wp // window, window, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, -1, window * window, c)
+
+
+def window_reverse(x: Array, window: int, hp: int, wp: int) -> Array:
+  """(B, nW, window*window, C) -> (B, Hp, Wp, C)."""
+  b, _, _, c = x.shape
+  x = x.reshape(b, hp // window, wp // window, window, window, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+
+
+# ----------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------
+class WindowAttention(nnx.Module):
+  """Scaled cosine window attention with continuous position bias."""
+
+  def __init__(self, dim: int, num_heads: int, window: int,
+               pretrained_window: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.num_heads = num_heads
+    self.window = window
+    self.pretrained_window = pretrained_window
+    self.dtype = dtype
+    self.qkv = Dense(dim, 3 * dim, rngs=rngs, axes=("embed", "heads"),
+                     use_bias=False, dtype=dtype)
+    self.q_bias = param(rngs, zeros, (dim,), ("heads",))
+    self.v_bias = param(rngs, zeros, (dim,), ("heads",))
+    self.logit_scale = param(
+        rngs, lambda k, s, d: jnp.full(s, math.log(10.0), d), (num_heads,),
+        ("heads_only",))
+    # The position-bias MLP is tiny and stays float32 for accuracy.
+    self.cpb_fc1 = Dense(2, 512, rngs=rngs, axes=(None, "cpb"))
+    self.cpb_fc2 = Dense(512, num_heads, rngs=rngs, axes=("cpb", "heads_only"),
+                         use_bias=False)
+    self.proj = Dense(dim, dim, rngs=rngs, axes=("heads", "embed"), dtype=dtype)
+
+  def position_bias(self) -> Array:
+    """(heads, N, N) bias 16*sigmoid(MLP(coords)) gathered per token pair."""
+    table = jnp.asarray(relative_coords_table(self.window,
+                                              self.pretrained_window))
+    bias = self.cpb_fc2(jax.nn.relu(self.cpb_fc1(table)))
+    bias = bias.reshape(-1, self.num_heads)
+    idx = relative_position_index(self.window).reshape(-1)
+    n = self.window * self.window
+    bias = bias[idx].reshape(n, n, self.num_heads).transpose(2, 0, 1)
+    return 16.0 * jax.nn.sigmoid(bias)
+
+  def __call__(self, x: Array, mask: np.ndarray | None) -> Array:
+    """x: (B, nW, N, C); mask: additive (nW, N, N) or None."""
+    b, nw, n, c = x.shape
+    h = self.num_heads
+    zero_k = jnp.zeros_like(self.q_bias[...])
+    qkv_bias = jnp.concatenate([self.q_bias[...], zero_k, self.v_bias[...]])
+    qkv = self.qkv(x) + qkv_bias.astype(self.dtype)
+    qkv = qkv.reshape(b, nw, n, 3, h, c // h)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+
+    def normalize(t):  # F.normalize: t / max(||t||, 1e-12), in float32
+      t = t.astype(jnp.float32)
+      norm = jnp.sqrt(jnp.sum(t * t, axis=-1, keepdims=True))
+      return (t / jnp.maximum(norm, 1e-12)).astype(self.dtype)
+
+    attn = jnp.einsum("bwnhd,bwmhd->bwhnm", normalize(q), normalize(k),
+                      preferred_element_type=jnp.float32)
+    scale = jnp.exp(jnp.minimum(self.logit_scale[...], _LOGIT_CLAMP))
+    attn = attn * scale[:, None, None] + self.position_bias()
+    if mask is not None:
+      attn = attn + jnp.asarray(mask)[None, :, None]
+    attn = jax.nn.softmax(attn, axis=-1)
+    out = jnp.einsum("bwhnm,bwmhd->bwnhd", attn.astype(self.dtype), v)
+    return self.proj(out.reshape(b, nw, n, c))
+
+
+class Mlp(nnx.Module):
+  """fc1 -> exact GELU -> fc2."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    self.fc1 = Dense(dim, hidden, rngs=rngs, axes=("embed", "mlp"), dtype=dtype)
+    self.fc2 = Dense(hidden, dim, rngs=rngs, axes=("mlp", "embed"), dtype=dtype)
+
+  def __call__(self, x: Array) -> Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class SwinBlock(nnx.Module):
+  """Residual post-norm SwinV2 block on an NHWC map."""
+
+  def __init__(self, dim: int, num_heads: int, window: int,
+               pretrained_window: int, shift: int, drop_path_rate: float,
+               mlp_ratio: float, mask_padding: bool, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    self.window = window
+    self.shift = shift
+    self.drop_path_rate = drop_path_rate
+    self.mask_padding = mask_padding
+    self.attn = WindowAttention(dim, num_heads, window, pretrained_window,
+                                rngs=rngs, dtype=dtype)
+    # Post-norms start at zero so that every block starts as the identity.
+    self.norm1 = LayerNorm(dim, rngs=rngs, scale_init=zeros)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype)
+    self.norm2 = LayerNorm(dim, rngs=rngs, scale_init=zeros)
+
+  def __call__(self, x: Array, key: Array | None = None,
+               deterministic: bool = True) -> Array:
+    b, h, w, c = x.shape
+    ws, s = self.window, self.shift
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    y = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    if s:
+      y = jnp.roll(y, (-s, -s), axis=(1, 2))
+    mask = attention_mask(h, w, ws, s, self.mask_padding)
+    y = self.attn(window_partition(y, ws), mask)
+    y = window_reverse(y, ws, hp, wp)
+    if s:
+      y = jnp.roll(y, (s, s), axis=(1, 2))
+    y = y[:, :h, :w]
+    k1 = k2 = None
+    if key is not None:
+      k1, k2 = jax.random.split(key)
+    x = x + drop_path(self.norm1(y), self.drop_path_rate, k1, deterministic)
+    return x + drop_path(self.norm2(self.mlp(x)), self.drop_path_rate, k2,
+                         deterministic)
+
+
+class PatchMerging(nnx.Module):
+  """2x2 neighbours (0,0),(1,0),(0,1),(1,1) -> Linear(4C, 2C) -> LayerNorm."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.reduction = Dense(4 * dim, 2 * dim, rngs=rngs, axes=("mlp", "embed"),
+                           use_bias=False, dtype=dtype)
+    self.norm = LayerNorm(2 * dim, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2],
+                         x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+    return self.norm(self.reduction(x))
+
+
+class PatchSplit(nnx.Module):
+  """Inverse of patch merging: C -> 4 chunks of C/4 placed on a 2x2 grid.
+
+  Chunk k goes to offset (row, col) = (0,0), (1,0), (0,1), (1,1), i.e.
+  k = row + 2*col; then Linear(C/4, C/2) and LayerNorm(C/2).
+  """
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.upsample = Dense(dim // 4, dim // 2, rngs=rngs, axes=("embed", "mlp"),
+                          use_bias=False, dtype=dtype)
+    self.norm = LayerNorm(dim // 2, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, 2, 2, c // 4)       # (..., col, row, C/4)
+    x = x.transpose(0, 1, 4, 2, 3, 5)          # (b, h, row, w, col, C/4)
+    x = x.reshape(b, 2 * h, 2 * w, c // 4)
+    return self.norm(self.upsample(x))
+
+
+class SwinStage(nnx.Module):
+  """A stack of blocks (shift on every second one) plus optional resampling."""
+
+  def __init__(self, dim: int, depth: int, num_heads: int, window: int,
+               pretrained_window: int, drop_path_rates: list[float],
+               mlp_ratio: float, mask_padding: bool, remat: bool,
+               resample: str | None, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.remat = remat
+    self.blocks = nnx.List([
+        SwinBlock(dim, num_heads, window, pretrained_window,
+                  0 if i % 2 == 0 else window // 2, drop_path_rates[i],
+                  mlp_ratio, mask_padding, rngs=rngs, dtype=dtype)
+        for i in range(depth)])
+    self.downsample = (PatchMerging(dim, rngs=rngs, dtype=dtype)
+                       if resample == "merge" else None)
+    self.upsample = (PatchSplit(dim, rngs=rngs, dtype=dtype)
+                     if resample == "split" else None)
+
+  def __call__(self, x: Array, key: Array | None = None,
+               deterministic: bool = True) -> tuple[Array, Array]:
+    """Returns (blocks output, resampled output)."""
+
+    def run(block, x, k):
+      return block(x, k, deterministic)
+
+    if self.remat:
+      run = nnx.remat(run)
+    for i, block in enumerate(self.blocks):
+      x = run(block, x, None if key is None else jax.random.fold_in(key, i))
+    if self.downsample is not None:
+      return x, self.downsample(x)
+    if self.upsample is not None:
+      return x, self.upsample(x)
+    return x, x

@@ -1,0 +1,130 @@
+"""Weight directories: UPOCR parameters (+ the loss's VGG16) with their config.
+
+Layout of a weight directory (what ``upocr-convert`` writes and what
+``config.init_from``, evaluation and prediction read)::
+
+  DIR/model_config.json   config.model as JSON
+  DIR/params/             orbax checkpoint of {"model": ..., "vgg": ...}
+
+"vgg" is absent when no VGG weights were given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from upocr_jax.models import UPOCR, VGG16Features
+from upocr_jax.models.vgg import FrozenParam
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def _pure(module: nnx.Module, var_type) -> dict[str, Any]:
+  return nnx.state(module, var_type).to_pure_dict()
+
+
+def save_weights(out_dir: str, model: UPOCR,
+                 vgg: VGG16Features | None = None) -> None:
+  """Writes ``model`` (and ``vgg``) with the model config to ``out_dir``."""
+  out_dir = os.path.abspath(out_dir)
+  params_dir = os.path.join(out_dir, PARAMS_DIR)
+  if os.path.exists(params_dir):
+    raise FileExistsError(f"{params_dir} already exists; choose an empty --out")
+  os.makedirs(out_dir, exist_ok=True)
+  tree = {"model": _pure(model, nnx.Param)}
+  if vgg is not None:
+    tree["vgg"] = _pure(vgg, FrozenParam)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(params_dir, tree)
+  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+    json.dump(model.config.to_dict(), f, indent=1)
+
+
+def read_model_config(weights_dir: str) -> ml_collections.ConfigDict:
+  """The ``config.model`` a weight directory was written with."""
+  path = os.path.join(weights_dir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{path} not found: {weights_dir} is not a upocr_jax weight directory "
+        "(write one with `upocr-convert`)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _check_same_architecture(saved: ml_collections.ConfigDict,
+                             wanted: ml_collections.ConfigDict, where: str):
+  # dtype/remat/mask_padding/drop path change behaviour, not parameter shapes.
+  keys = ("tasks", "patch_size", "mlp_ratio")
+  sub = ("embed_dim", "depths", "num_heads", "window_size")
+  diffs = [k for k in keys if saved[k] != wanted[k]]
+  for part in ("encoder", "decoder"):
+    diffs += [f"{part}.{k}" for k in sub
+              if k in saved[part] and saved[part][k] != wanted[part][k]]
+  if diffs:
+    raise ValueError(
+        f"{where} was written for another model: config.model fields differ: "
+        + ", ".join(f"{d} (checkpoint {_get(saved, d)} vs config "
+                    f"{_get(wanted, d)})" for d in diffs))
+
+
+def _get(cfg, dotted):
+  for k in dotted.split("."):
+    cfg = cfg[k]
+  return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
+
+
+def _merge(abstract: nnx.Module, values: dict[str, Any]) -> nnx.Module:
+  """An abstract (eval_shape) module filled with concrete values."""
+  graphdef, state = nnx.split(abstract)
+  nnx.replace_by_pure_dict(state, values)
+  return nnx.merge(graphdef, state)
+
+
+def load_weights(weights_dir: str,
+                 model_config: ml_collections.ConfigDict | None = None,
+                 with_vgg: bool = False):
+  """Loads a weight directory.
+
+  Args:
+    weights_dir: a directory written by ``save_weights`` / ``upocr-convert``.
+    model_config: ``config.model`` to build the model with (its dtype, remat,
+      ...); must describe the same architecture as the saved one. Defaults to
+      the saved config.
+    with_vgg: also return the VGG16 features (None if the directory has none).
+
+  Returns:
+    The UPOCR model, or (model, vgg) when ``with_vgg``.
+  """
+  saved = read_model_config(weights_dir)
+  cfg = saved if model_config is None else model_config
+  _check_same_architecture(saved, cfg, weights_dir)
+  params_dir = os.path.join(os.path.abspath(weights_dir), PARAMS_DIR)
+  abstract = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
+  target = {"model": _pure(abstract, nnx.Param)}
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(params_dir)
+    tree_meta = getattr(meta, "item_metadata", meta)
+    has_vgg = "vgg" in (tree_meta.tree if hasattr(tree_meta, "tree")
+                        else tree_meta)
+    vgg_abs = None
+    if has_vgg:
+      vgg_abs = nnx.eval_shape(lambda: VGG16Features(rngs=nnx.Rngs(0)))
+      target["vgg"] = _pure(vgg_abs, FrozenParam)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+    restored = ckptr.restore(params_dir, target)
+  model = _merge(abstract, restored["model"])
+  if not with_vgg:
+    return model
+  vgg = None
+  if has_vgg:
+    vgg = _merge(vgg_abs, restored["vgg"])
+  return model, vgg
