@@ -27,6 +27,14 @@ setup(
         "pillow>=10.1,<14",
         "safetensors>=0.4,<1",
         "tensorboardX>=2.6,<3",
+        # tensorflow-datasets needs it to build data sets defined outside TFDS.
+        "importlib_resources>=6,<7",
+        # Fonts for the synthetic text generator (input_pipeline/fonts.py).
+        "font-source-sans-pro>=0.0.1,<0.1",
+        "font-source-serif-pro>=0.0.1,<0.1",
+        "font-caladea>=0.0.2,<0.1",
+        "font-amatic-sc>=0.0.4,<0.1",
+        "font-fredoka-one>=0.0.4,<0.1",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3,<4", "scikit-image>=0.24,<0.27"],

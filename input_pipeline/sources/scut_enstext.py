@@ -72,8 +72,12 @@ class ScutEnsText:
 
 
 def decode_removal(image: np.ndarray, label: np.ndarray, mask: np.ndarray,
-                   name: str) -> dict:
-  """Decoded arrays (e.g. from TFDS) -> schema example; mask is L or RGB."""
+                   name: str, binary_mask: bool = False) -> dict:
+  """Decoded arrays (e.g. from TFDS) -> schema example.
+
+  `mask` is the official mask image (L or RGB), or with `binary_mask` the
+  already converted non-text mask (nonzero = non-text).
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if mask.ndim == 3 and mask.shape[-1] == 1:
     mask = mask[..., 0]
@@ -81,6 +85,9 @@ def decode_removal(image: np.ndarray, label: np.ndarray, mask: np.ndarray,
     raise schema.DataError(name, f"image {image.shape[:2]}, label "
                            f"{label.shape[:2]} and mask {mask.shape[:2]} differ "
                            "in size")
-  return schema.make_example(
-      schema.TEXT_REMOVAL, image, label, name,
-      text_mask=schema.removal_text_mask(Image.fromarray(mask)))
+  if binary_mask:
+    text_mask = (mask > 0).astype(np.uint8)
+  else:
+    text_mask = schema.removal_text_mask(Image.fromarray(mask))
+  return schema.make_example(schema.TEXT_REMOVAL, image, label, name,
+                             text_mask=text_mask)
