@@ -29,7 +29,7 @@ Each batch is a dict of numpy arrays:
 Per task the example stream is: source -> shuffle (the task's own seed, new order
 each epoch) -> repeat -> this process's interleaved slice (disjoint across
 processes) -> augmentation (a per-element RNG from the config seed, task and
-process) -> the layout above. The returned iterator's ``get_state``/
+stream shard) -> the layout above. The returned iterator's ``get_state``/
 ``set_state`` (or orbax via ``grain.checkpoint.CheckpointSave/Restore``) resume
 exactly where it stopped.
 """
@@ -119,12 +119,12 @@ class _Collate:
 
 
 def _task_dataset(data_config: Any, task_id: int, source, shard: int,
-                  shard_count: int, process_index: int) -> grain.MapDataset:
+                  shard_count: int) -> grain.MapDataset:
   cfg = data_config[schema.TASK_KEYS[task_id]]
   ds = grain.MapDataset.source(source).shuffle(seed=cfg.shuffle_seed).repeat()
   ds = ds.slice(slice(shard, None, shard_count))
   aug_seed = int(np.random.SeedSequence(
-      [data_config.seed, task_id, process_index]).generate_state(1)[0])
+      [data_config.seed, task_id, shard]).generate_state(1)[0])
   return ds.random_map(_Augment(cfg, data_config.image_size), seed=aug_seed)
 
 
@@ -182,7 +182,7 @@ def create_train_dataset(config: Any, process_index: int = 0,
       continue
     source = sources.make_source(data_config, task_id, train=True)
     task_ds.append(_task_dataset(data_config, task_id, source, shard,
-                                 shard_count, process_index))
+                                 shard_count))
   flat = _TaskInterleave(task_ds, per_shard, n_local)
   ds = _maybe_workers(flat.to_iter_dataset(_read_options(data_config)),
                       data_config)

@@ -1,0 +1,103 @@
+"""Synthetic generator, set writer, preview and real worker processes."""
+
+import os
+
+import numpy as np
+
+from input_pipeline import fonts
+from input_pipeline import pipeline
+from input_pipeline import preview
+from input_pipeline import schema
+from input_pipeline import synthetic
+from input_pipeline import write_synthetic
+import data_helpers
+
+
+def test_fonts_come_from_packages():
+  paths = fonts.default_font_paths()
+  assert len(paths) >= 10 and paths[-1] == fonts.PILLOW_DEFAULT
+  assert all(os.path.isfile(p) for p in paths[:-1])
+  assert fonts.load_font(paths[0], 12).getbbox("Ab")[2] > 0
+
+
+def test_deterministic_per_index_and_split():
+  for t in range(3):
+    a = synthetic.SyntheticSource(t, 10, seed=5, params=data_helpers.SMALL)
+    b = synthetic.SyntheticSource(t, 10, seed=5, params=data_helpers.SMALL)
+    test = synthetic.SyntheticSource(t, 10, seed=5, split="test",
+                                     params=data_helpers.SMALL)
+    for i in (7, 2):
+      np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+      np.testing.assert_array_equal(a[i]["target"], b[i]["target"])
+    assert not np.array_equal(a[2]["image"], a[3]["image"])
+    assert not np.array_equal(a[2]["image"], test[2]["image"])
+
+
+def test_task_contents():
+  n = 12
+  params = data_helpers.SMALL
+  rem = synthetic.SyntheticSource(schema.TEXT_REMOVAL, n, params=params)
+  assert any((rem[i]["text_mask"] == 0).any() for i in range(n))
+  for i in range(n):  # Outside the text regions the composite is the target.
+    ex = rem[i]
+    keep = ex["text_mask"].astype(bool)
+    np.testing.assert_array_equal(ex["image"][keep], ex["target"][keep])
+  seg = synthetic.SyntheticSource(schema.SEGMENTATION, n, params=params)
+  values = set()
+  for i in range(n):
+    values |= set(np.unique(seg.raw(i)["label"]).tolist())
+  assert {0, 100, 255} <= values and values <= {0, 100, 200, 255}
+  tam = synthetic.SyntheticSource(schema.TAMPERED, n, params=params)
+  labels = []
+  for i in range(n):
+    raw = tam.raw(i)
+    h, w = raw["image"].shape[:2]
+    boxes = raw["boxes"]
+    assert ((boxes[:, 0] >= 0) & (boxes[:, 2] < w) & (boxes[:, 1] >= 0) &
+            (boxes[:, 3] < h)).all()
+    labels += boxes[:, 4].tolist()
+  assert 1 in labels and 2 in labels
+  infinite = synthetic.SyntheticSource(0, None)
+  assert len(infinite) > 10 ** 9
+
+
+def test_writer_cli_layouts(tmp_path):
+  write_synthetic.main(["--out", str(tmp_path), "--num_train", "2",
+                        "--num_test", "1", "--min_size", "32",
+                        "--max_size", "40"])
+  for rel in ("SCUT-EnsText/train/image/syn_00001.jpg",
+              "SCUT-EnsText/test/mask/syn_00000.jpg",
+              "TextSeg/semantic_label/syn_val_00000_maskfg.png",
+              "TextSeg/split.json", "Tampered-IC13/train_gt/syn_00001.txt",
+              "Tampered-IC13/test_img/syn_00000.jpg"):
+    assert os.path.isfile(tmp_path / rel), rel
+
+
+def test_preview_cli(tmp_path):
+  out = tmp_path / "grid.png"
+  preview.main(["--config", "configs/upocr.py:tiny", "--out", str(out),
+                "--per_task", "2", "--cell", "32",
+                "--set", "data.image_size=32"])
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  assert Image.open(out).size[1] == 3 * (32 + 8)
+
+
+def test_real_worker_processes_and_restore(jpeg_roots):
+  cfg = data_helpers.folder_config(jpeg_roots, worker_count=2,
+                                   worker_buffer_size=2)
+  it = pipeline.create_train_iterator(cfg)
+  first = [next(it) for _ in range(2)]
+  state = it.get_state()
+  expected = [next(it) for _ in range(2)]
+  serial = pipeline.create_train_iterator(
+      data_helpers.folder_config(jpeg_roots))
+  for b in first:  # Workers produce exactly the in-process batches.
+    s = next(serial)
+    np.testing.assert_array_equal(b["image"], s["image"])
+    assert b["name"] == s["name"]
+  resumed = pipeline.create_train_iterator(cfg)
+  resumed.set_state(state)
+  for b in expected:
+    r = next(resumed)
+    np.testing.assert_array_equal(b["image"], r["image"])
+    np.testing.assert_array_equal(b["target"], r["target"])
