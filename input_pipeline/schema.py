@@ -52,8 +52,8 @@ class DataError(ValueError):
 
 def textseg_target(label: np.ndarray) -> np.ndarray:
   """TextSeg label (H, W) or (H, W, 3) uint8 -> RGB target (H, W, 3) uint8."""
-  if label.ndim == 2:
-    label = np.repeat(label[:, :, None], 3, axis=2)
+  if label.ndim == 2:  # Convert once, then copy to the 3 channels.
+    return np.repeat(_TEXTSEG_LUT[label][:, :, None], 3, axis=2)
   return _TEXTSEG_LUT[label]
 
 
@@ -90,7 +90,9 @@ def valid_from_target(task_id: int, target: np.ndarray) -> np.ndarray:
   """bool (H, W): False where a segmentation/tampered target is ignore grey."""
   if task_id == TEXT_REMOVAL:
     return np.ones(target.shape[:2], dtype=bool)
-  return ~np.all(target == IGNORE_VALUE, axis=-1)
+  # Channel by channel: much faster than np.all(..., axis=-1) on (H, W, 3).
+  return ~((target[..., 0] == IGNORE_VALUE) & (target[..., 1] == IGNORE_VALUE)
+           & (target[..., 2] == IGNORE_VALUE))
 
 
 def make_example(task_id: int, image: np.ndarray, target: np.ndarray,

@@ -78,7 +78,11 @@ class TextSeg:
   def __getitem__(self, index: int) -> dict:
     image_path, label_path = self.records[index]
     image = common.read_rgb(image_path)
-    label = common.read_rgb(label_path)
+    label_img = common.open_image(label_path)
+    # 8-bit grey labels (the usual case) convert on one channel; the official
+    # RGB conversion copies grey to all three channels, so this is the same.
+    label = np.asarray(label_img if label_img.mode == "L"
+                       else label_img.convert("RGB"))
     common.check_same_size(image_path, (image.shape[1], image.shape[0]),
                            label_path, (label.shape[1], label.shape[0]),
                            "label")
