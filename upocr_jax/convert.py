@@ -123,13 +123,11 @@ def vgg_key(path: tuple[Any, ...], torchvision: bool = False) -> str:
   return f"vgg16.enc_{group + 1}.{2 * conv}.{leaf}"
 
 
-def to_jax_layout(key: str, value: np.ndarray, shape: tuple[int, ...]
-                  ) -> np.ndarray:
+def to_jax_layout(key: str, value: np.ndarray) -> np.ndarray:
   """PyTorch layout -> ours: Linear (out,in)->(in,out), Conv OIHW->HWIO."""
   if key.endswith("logit_scale"):
     return value.reshape(-1)
-  if value.ndim == 2 and len(shape) == 2 and key.endswith("weight") \
-      and "task_embedding" not in key:
+  if value.ndim == 2 and key.endswith("weight") and "task_embedding" not in key:
     return value.T
   if value.ndim == 4:
     return value.transpose(2, 3, 1, 0)
@@ -174,7 +172,7 @@ def _fill(module: nnx.Module, var_type, sd: dict[str, np.ndarray], key_fn,
       new.append((path, var))
       continue
     consumed.add(key)
-    value = to_jax_layout(key, sd[key], var.shape)
+    value = to_jax_layout(key, sd[key])
     if tuple(value.shape) != tuple(var.shape):
       report.mis_shaped.append(f"{key} (checkpoint {tuple(sd[key].shape)}, "
                                f"model expects {_torch_shape(key, var.shape)})")
@@ -186,13 +184,7 @@ def _fill(module: nnx.Module, var_type, sd: dict[str, np.ndarray], key_fn,
 
 
 def _torch_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-  if key.endswith("logit_scale"):
-    return (shape[0], 1, 1)
-  if len(shape) == 2 and "task_embedding" not in key:
-    return shape[::-1]
-  if len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
-  return tuple(shape)
+  return _to_torch_layout(key, np.empty(shape, np.float32)).shape
 
 
 def _build(factory, strict: bool):
@@ -249,6 +241,32 @@ def load_official(source: str | os.PathLike | Mapping[str, Any],
     (report.ignored if k.endswith(_BUFFERS) else report.unexpected).append(k)
   _finish(report, strict, str(name))
   return (model, vgg) if return_vgg else model
+
+
+def to_official_state_dict(model: UPOCR, vgg: VGG16Features | None = None
+                           ) -> dict[str, np.ndarray]:
+  """The inverse of ``load_official``: numpy arrays in PyTorch layout and names
+  (without the position buffers, which PyTorch recomputes too)."""
+  n_dec = len(model.config.decoder.depths)
+  out = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    key = official_key(path, n_dec)
+    out[key] = _to_torch_layout(key, np.asarray(var[...]))
+  if vgg is not None:
+    for path, var in nnx.to_flat_state(nnx.state(vgg, FrozenParam)):
+      key = vgg_key(path)
+      out[key] = _to_torch_layout(key, np.asarray(var[...]))
+  return out
+
+
+def _to_torch_layout(key: str, value: np.ndarray) -> np.ndarray:
+  if key.endswith("logit_scale"):
+    return value.reshape(-1, 1, 1)
+  if value.ndim == 2 and key.endswith("weight") and "task_embedding" not in key:
+    return value.T
+  if value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)
+  return value
 
 
 def load_vgg(source: str | os.PathLike | Mapping[str, Any], *,

@@ -59,7 +59,8 @@ class SwinV2Decoder(nnx.Module):
                               dtype=dtype, axes=("conv_in", None))
 
   def __call__(self, x: Array, enc_feats: list[Array], key: Array | None = None,
-               deterministic: bool = True) -> tuple[Array, ...]:
+               deterministic: bool = True,
+               intermediates: dict | None = None) -> tuple[Array, ...]:
     n = len(self.layers)
     first_out = n - NUM_HEADS_OUT
     heads = list(self.intermediate_convs) + [self.output_conv]
@@ -67,6 +68,8 @@ class SwinV2Decoder(nnx.Module):
     for i, stage in enumerate(self.layers):
       k = None if key is None else jax.random.fold_in(key, i)
       _, x = stage(x, k, deterministic)
+      if intermediates is not None:
+        intermediates[f"dec_layer{i}_up"] = x
       if i < NUM_LATERALS:
         skip = enc_feats[-i - 2]
         for conv in self.lateral_connection_list[i]:

@@ -127,7 +127,15 @@ class UPOCR(nnx.Module):
     return list(self.config.tasks)
 
   def __call__(self, images: Array, task_ids: Array, deterministic: bool = True,
-               rng: Array | None = None) -> tuple[Array, Array, Array]:
+               rng: Array | None = None, intermediates: dict | None = None
+               ) -> tuple[Array, Array, Array]:
+    """Runs the model; see the class docstring.
+
+    ``intermediates``, when a dict, receives the encoder maps
+    (``enc_stage1..4``), the bottleneck (``proj_out``, ``dec_in``) and each
+    decoder stage after its patch split (``dec_layer{i}_up``), all NHWC: the
+    checkpoints at which a port is compared with the official model.
+    """
     check_inputs(self.config, images.shape)
     if not isinstance(task_ids, jax.core.Tracer):
       ids = jnp.asarray(task_ids)
@@ -147,5 +155,10 @@ class UPOCR(nnx.Module):
     feats = self.encoder(images, enc_key, deterministic)
     x = self.proj(feats[-1])
     prompt = jnp.take(self.task_embedding[...], task_ids, axis=0)
+    if intermediates is not None:
+      intermediates.update({f"enc_stage{i + 1}": f for i, f in enumerate(feats)})
+      intermediates["proj_out"] = x
     x = x + prompt[:, None, None, :].astype(x.dtype)
-    return self.decoder(x, feats, dec_key, deterministic)
+    if intermediates is not None:
+      intermediates["dec_in"] = x
+    return self.decoder(x, feats, dec_key, deterministic, intermediates)

@@ -1,0 +1,19 @@
+"""Test-session setup: fake CPU devices and parsed absl flags.
+
+Sharding tests need several devices; XLA only offers fake host devices when the
+flag is set before jax is imported, so it is set here for the whole session.
+Single-device code is unaffected (it runs on device 0).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+# grain worker processes and absl-based code expect parsed flags.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,193 @@
+"""Model API, sizes, configuration errors and options."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import upocr as upocr_config
+from upocr_jax.models import (UPOCR, ConfigError, VGG16Features,
+                              task_ids_from_names)
+from upocr_jax.models.vgg import FrozenParam
+
+
+def n_params(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def tiny(**overrides):
+  cfg = upocr_config.get_config("tiny")
+  for k, v in overrides.items():
+    node = cfg.model
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg
+
+
+# Jitted calls: eager execution compiles every op separately and is much slower.
+forward = nnx.jit(lambda m, x, ids: m(x, ids))
+
+
+def open_blocks(model):
+  """Post-norm scales 1 instead of 0, so that no block is the identity."""
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if len(path) > 2 and path[-2] in ("norm1", "norm2") and path[-1] == "scale":
+      var[...] = jnp.ones_like(var[...])
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  return UPOCR(tiny(), rngs=nnx.Rngs(0))
+
+
+def test_paper_parameter_counts_from_eval_shape():
+  model = nnx.eval_shape(
+      lambda: UPOCR(upocr_config.get_config("paper"), rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  assert n_params(params) == 108_157_401
+  assert n_params(params["encoder"]) == 48_960_762
+  assert n_params(params["decoder"]) == 58_603_743
+  assert n_params(params["proj"]) == 590_592
+  assert n_params(params["task_embedding"]) == 2_304
+  vgg = nnx.eval_shape(lambda: VGG16Features(rngs=nnx.Rngs(0)))
+  assert n_params(nnx.state(vgg, FrozenParam)) == 1_735_488
+  assert n_params(nnx.state(vgg, nnx.Param)) == 0  # never trained
+  # eval_shape allocated nothing.
+  assert all(isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree.leaves(params))
+
+
+def test_every_parameter_has_logical_axes():
+  model = nnx.eval_shape(lambda: UPOCR(tiny(), rngs=nnx.Rngs(0)))
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    axes = var.get_metadata().get("logical_axes")
+    assert axes is not None and len(axes) == len(var.shape), path
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (256, 192), (96, 160)])
+def test_output_shapes_square_and_not(tiny_model, h, w):
+  outs = forward(tiny_model, jnp.zeros((2, h, w, 3)), jnp.array([0, 2]))
+  assert [o.shape for o in outs] == [(2, h // 4, w // 4, 3),
+                                     (2, h // 2, w // 2, 3), (2, h, w, 3)]
+  assert all(o.dtype == jnp.float32 for o in outs)
+
+
+def test_task_ids_change_the_output_and_prompt_gets_gradient(tiny_model):
+  x = jax.random.uniform(jax.random.key(1), (1, 64, 64, 3))
+  outs = [forward(tiny_model, x, jnp.array([t]))[2] for t in range(3)]
+  for a in range(3):
+    for b in range(a + 1, 3):
+      assert float(jnp.max(jnp.abs(outs[a] - outs[b]))) > 1e-3
+
+  graphdef, params = nnx.split(tiny_model)
+
+  def loss(p):
+    return jnp.mean(nnx.merge(graphdef, p)(x, jnp.array([1]))[2] ** 2)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  g = np.asarray(grads["task_embedding"][...])
+  assert np.abs(g[1]).sum() > 0          # the used prompt learns
+  assert np.abs(g[[0, 2]]).sum() == 0    # the others do not
+
+
+def test_task_names_and_bad_task_ids(tiny_model):
+  cfg = tiny().model
+  assert task_ids_from_names(cfg, ["text segmentation", "text removal"]
+                             ).tolist() == [2, 0]
+  with pytest.raises(ValueError, match="unknown task 'ocr'"):
+    task_ids_from_names(cfg, ["ocr"])
+  with pytest.raises(ValueError, match="task_ids"):
+    tiny_model(jnp.zeros((1, 64, 64, 3)), jnp.array([3]))
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("encoder.num_heads", [1, 3, 2, 4], "encoder.num_heads[1]"),
+    ("decoder.num_heads", [5, 2, 2, 1, 1], "decoder.num_heads[0]"),
+    ("encoder.depths", [1, 1, 1], "encoder.depths"),
+    ("dtype", "float8", "dtype"),
+    ("tasks", ["text removal", "text removal"], "tasks"),
+])
+def test_invalid_configs_name_the_field(field, value, needle):
+  with pytest.raises(ConfigError) as e:
+    UPOCR(tiny(**{field: value}), rngs=nnx.Rngs(0))
+  assert f"config.model.{needle}" in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 64, 3), (1, 64, 70, 3),
+                                   (1, 64, 64, 1)])
+def test_bad_image_shapes_fail_before_tracing(tiny_model, shape):
+  with pytest.raises(ValueError, match="images"):
+    jax.jit(lambda x: tiny_model(x, jnp.zeros((1,), jnp.int32)))(
+        jnp.zeros(shape))
+
+
+def test_mask_padding_only_changes_padded_maps():
+  x = jax.random.uniform(jax.random.key(2), (1, 64, 64, 3))
+  ids = jnp.array([0])
+  base = UPOCR(tiny(), rngs=nnx.Rngs(0))
+  masked = UPOCR(tiny(mask_padding=True), rngs=nnx.Rngs(0))
+  for m in (base, masked):
+    open_blocks(m)
+  # 64x64: the H/32 map is 2x2 < window 8, so padding is used.
+  a, b = forward(base, x, ids)[2], forward(masked, x, ids)[2]
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+  # With window 2 nothing is padded anywhere, and the option is a no-op.
+  small = dict(**{"encoder.window_size": 2, "decoder.window_size": 2,
+                  "encoder.pretrained_window_size": 2,
+                  "decoder.pretrained_window_size": 2})
+  c = forward(UPOCR(tiny(**small), rngs=nnx.Rngs(0)), x, ids)[2]
+  d = forward(UPOCR(tiny(mask_padding=True, **small), rngs=nnx.Rngs(0)),
+              x, ids)[2]
+  np.testing.assert_array_equal(np.asarray(c), np.asarray(d))
+
+
+def test_padded_tokens_get_no_attention_with_mask_padding():
+  from upocr_jax.models.swinv2 import attention_mask
+  # A 4x4 map in an 8x8 window: 48 of 64 keys are padding.
+  mask = attention_mask(4, 4, 8, 0, True)
+  weights = jax.nn.softmax(jnp.zeros((64, 64)) + mask[0], axis=-1)
+  assert float(weights.reshape(64, 8, 8)[:, 4:, :].sum()) < 1e-30
+  assert attention_mask(4, 4, 8, 0, False) is None  # the official behaviour
+
+
+def test_bfloat16_and_remat_options():
+  x = jax.random.uniform(jax.random.key(3), (1, 64, 64, 3))
+  ids = jnp.array([2])
+  ref = UPOCR(tiny(), rngs=nnx.Rngs(0))
+  bf16 = UPOCR(tiny(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  remat = UPOCR(tiny(remat=True), rngs=nnx.Rngs(0))
+  r = forward(ref, x, ids)[2]
+  # bfloat16 keeps ~3 significant digits: compare on average, not worst case.
+  err = float(jnp.mean(jnp.abs(forward(bf16, x, ids)[2] - r)))
+  assert err < 0.03 * float(jnp.mean(jnp.abs(r))), err
+  # Params stay float32 whatever the compute dtype.
+  assert all(v.dtype == jnp.float32 for v in
+             jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+
+  def grads(m):
+    g, p = nnx.split(m)
+    return jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(g, p)(x, ids)[2])))(p)
+
+  ga, gb = grads(ref), grads(remat)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               ga, gb)
+
+
+def test_drop_path_needs_rng_and_is_random():
+  m = UPOCR(tiny(**{"encoder.drop_path_rate": 0.5}), rngs=nnx.Rngs(0))
+  open_blocks(m)
+  x = jax.random.uniform(jax.random.key(4), (2, 64, 64, 3))
+  ids = jnp.array([0, 1])
+  with pytest.raises(ValueError, match="rng"):
+    m(x, ids, deterministic=False)
+  train = nnx.jit(lambda m, x, ids, k: m(x, ids, deterministic=False, rng=k))
+  a = train(m, x, ids, jax.random.key(0))[2]
+  b = train(m, x, ids, jax.random.key(1))[2]
+  c = train(m, x, ids, jax.random.key(0))[2]
+  d = forward(m, x, ids)[2]
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+  assert float(jnp.max(jnp.abs(a - d))) > 1e-4
