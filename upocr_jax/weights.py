@@ -28,7 +28,7 @@ PARAMS_DIR = "params"
 
 
 def _pure(module: nnx.Module, var_type) -> dict[str, Any]:
-  return nnx.state(module, var_type).to_pure_dict()
+  return nnx.to_pure_dict(nnx.state(module, var_type))
 
 
 def save_weights(out_dir: str, model: UPOCR,

@@ -8,6 +8,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from upocr_jax.models.decoder import SwinV2Decoder
@@ -138,7 +139,7 @@ class UPOCR(nnx.Module):
     """
     check_inputs(self.config, images.shape)
     if not isinstance(task_ids, jax.core.Tracer):
-      ids = jnp.asarray(task_ids)
+      ids = np.asarray(task_ids)
       if ids.shape != images.shape[:1]:
         raise ValueError(f"task_ids: expected shape {images.shape[:1]}, got "
                          f"{ids.shape}")
