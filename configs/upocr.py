@@ -14,6 +14,7 @@ Any field can be overridden on the command line, e.g.
 import ml_collections
 
 from configs import data_config
+from configs import loss_optim_config
 
 TASKS = ("text removal", "tampered text detection", "text segmentation")
 
@@ -63,6 +64,48 @@ def _model_config(variant: str) -> ml_collections.ConfigDict:
   return m
 
 
+def _parallel_config(config: ml_collections.ConfigDict) -> None:
+  # Mesh axes: data parallel, fully sharded data parallel (params/optimizer
+  # sharded, batch split too) and tensor parallel. -1 takes all remaining
+  # devices. E.g. FSDP on 8 devices: --config.mesh.shape="(1,8,1)".
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.axes = ("data", "fsdp", "tensor")
+  config.mesh.shape = (-1, 1, 1)
+  config.sharding = ml_collections.ConfigDict()
+  config.sharding.batch_axes = ("data", "fsdp")
+  # Logical axis name (see upocr_jax/models) -> mesh axis / axes / None.
+  config.sharding.rules = (
+      ("embed", "fsdp"),       # model width of linears
+      ("mlp", "tensor"),       # MLP hidden / output features
+      ("heads", "tensor"),     # q/k/v features (whole heads per shard)
+      ("conv_in", "fsdp"),
+      ("conv_out", "tensor"),
+      ("norm", None), ("heads_only", None), ("cpb", None), ("tasks", None),
+  )
+  # Multi-host: set enabled (or run where JAX detects a cluster: TPU pod,
+  # SLURM, ...) to call jax.distributed.initialize; None fields = autodetect.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ml_collections.FieldReference(
+      None, field_type=str)
+  config.distributed.num_processes = ml_collections.FieldReference(
+      None, field_type=int)
+  config.distributed.process_id = ml_collections.FieldReference(
+      None, field_type=int)
+
+
+def _train_config(variant: str) -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  paper = variant == "paper"
+  t.steps = 80_000 if paper else 1_200
+  t.log_every = 50 if paper else 25
+  t.checkpoint_every = 2_000 if paper else 300
+  t.keep_checkpoints = 3
+  t.preview_every = 1_000 if paper else 300  # PNG grid of predictions
+  t.eval_every = 10_000 if paper else 0       # 0: only at the end
+  return t
+
+
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   """Returns the config of variant ``arg`` ('paper' or 'tiny')."""
   variant = arg or "paper"
@@ -71,4 +114,13 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = _model_config(variant)
   config.data = data_config.get_data_config(variant)
+  config.train = _train_config(variant)
+  config.loss = loss_optim_config.get_loss_config(variant)
+  config.optim = loss_optim_config.get_optim_config(variant)
+  # The schedule spans the run: --config.train.steps=N rescales it.
+  config.optim.total_steps = config.train.get_ref("steps")
+  _parallel_config(config)
+  # A weight directory (upocr-convert output, or WORKDIR/weights of a run) to
+  # start from, e.g. the released pre-training weights.
+  config.init_from = ml_collections.FieldReference(None, field_type=str)
   return config

@@ -7,6 +7,10 @@ Layout of a weight directory (what ``upocr-convert`` writes and what
   DIR/params/             orbax checkpoint of {"model": ..., "vgg": ...}
 
 "vgg" is absent when no VGG weights were given.
+
+``load_weights`` and ``read_model_config`` also accept a training workdir (a
+directory with ``checkpoints/``): they read the params and config of its latest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from upocr_jax import checkpoint
 from upocr_jax.models import UPOCR, VGG16Features
 from upocr_jax.models.vgg import FrozenParam
 
@@ -48,8 +53,14 @@ def save_weights(out_dir: str, model: UPOCR,
     json.dump(model.config.to_dict(), f, indent=1)
 
 
+def is_workdir(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_DIR))
+
+
 def read_model_config(weights_dir: str) -> ml_collections.ConfigDict:
-  """The ``config.model`` a weight directory was written with."""
+  """The ``config.model`` a weight directory (or workdir) was written with."""
+  if is_workdir(weights_dir):
+    return ml_collections.ConfigDict(checkpoint.read_config(weights_dir)["model"])
   path = os.path.join(weights_dir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
@@ -94,7 +105,8 @@ def load_weights(weights_dir: str,
   """Loads a weight directory.
 
   Args:
-    weights_dir: a directory written by ``save_weights`` / ``upocr-convert``.
+    weights_dir: a directory written by ``save_weights`` / ``upocr-convert``,
+      or a training workdir (its latest checkpoint; it holds no VGG).
     model_config: ``config.model`` to build the model with (its dtype, remat,
       ...); must describe the same architecture as the saved one. Defaults to
       the saved config.
@@ -106,6 +118,13 @@ def load_weights(weights_dir: str,
   saved = read_model_config(weights_dir)
   cfg = saved if model_config is None else model_config
   _check_same_architecture(saved, cfg, weights_dir)
+  if is_workdir(weights_dir):
+    abstract = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          _pure(abstract, nnx.Param))
+    params, _, _ = checkpoint.read_params(weights_dir, target)
+    model = _merge(abstract, params)
+    return (model, None) if with_vgg else model
   params_dir = os.path.join(os.path.abspath(weights_dir), PARAMS_DIR)
   abstract = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
   target = {"model": _pure(abstract, nnx.Param)}

@@ -156,8 +156,10 @@ class WindowAttention(nnx.Module):
 
     def normalize(t):  # F.normalize: t / max(||t||, 1e-12), in float32
       t = t.astype(jnp.float32)
-      norm = jnp.sqrt(jnp.sum(t * t, axis=-1, keepdims=True))
-      return (t / jnp.maximum(norm, 1e-12)).astype(self.dtype)
+      # sqrt(max(|t|^2, eps^2)) equals max(|t|, eps) but has a finite gradient
+      # at t = 0 (zero-padded tokens have all-zero keys).
+      sq = jnp.sum(t * t, axis=-1, keepdims=True)
+      return (t * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))).astype(self.dtype)
 
     attn = jnp.einsum("bwnhd,bwmhd->bwhnm", normalize(q), normalize(k),
                       preferred_element_type=jnp.float32)

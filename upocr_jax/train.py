@@ -1,0 +1,257 @@
+"""The training loop: ``train.run(config, workdir)``.
+
+Start-up checks the config (errors name the field) before anything compiles,
+builds the mesh and the sharded state, resumes from ``WORKDIR/checkpoints``
+when a checkpoint exists (params, optimizer and data iterator), otherwise
+starts fresh (optionally from ``config.init_from``). SIGTERM saves a checkpoint
+at the current step and returns; a non-finite loss stops with an error naming
+the step and the loss terms, leaving the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from configs.loss_optim_config import (validate_loss_config,
+                                       validate_optim_config)
+from input_pipeline import pipeline
+from upocr_jax import checkpoint, losses, optim, sharding, train_step
+from upocr_jax.metric_writer import MetricWriter, format_line
+from upocr_jax.models import validate_model_config
+
+TASK_KEYS = losses.TASK_KEYS
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a step produced a non-finite loss or gradient."""
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Calls jax.distributed.initialize for multi-host runs.
+
+  Enabled by ``config.distributed.enabled`` or by the environment of a
+  cluster that JAX can detect by itself (TPU pod slices, SLURM, Open MPI).
+  """
+  d = config.distributed
+  env = os.environ
+  auto = (len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+          or int(env.get("SLURM_NTASKS", "1")) > 1
+          or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+  if not (d.enabled or auto):
+    return
+  if jax.distributed.is_initialized():
+    return
+  if (env.get("JAX_PLATFORMS", "") or "cpu").startswith("cpu"):
+    # CPU devices of several processes talk through gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                             num_processes=d.num_processes,
+                             process_id=d.process_id)
+  logging.info("jax.distributed: process %d of %d", jax.process_index(),
+               jax.process_count())
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int
+                    ) -> int:
+  """Checks the config before compiling; returns the number of data shards."""
+  validate_model_config(config.model)
+  validate_loss_config(config.loss)
+  validate_optim_config(config.optim)
+  size = config.data.image_size
+  if size % 32 or size <= 0:
+    raise ValueError(f"config.data.image_size must be a positive multiple of "
+                     f"32 (the model works at H/32), got {size}")
+  shape = sharding.mesh_shape(config, num_devices)
+  shards = int(np.prod([shape[list(config.mesh.axes).index(a)]
+                        for a in config.sharding.batch_axes]))
+  for key in TASK_KEYS:
+    b = config.data[key].batch_size
+    if b % shards:
+      raise ValueError(
+          f"config.data.{key}.batch_size ({b}) is not divisible by the "
+          f"data-parallel size {shards} (mesh axes "
+          f"{tuple(config.sharding.batch_axes)} of config.mesh.shape "
+          f"{shape})")
+  for name in ("steps", "log_every", "checkpoint_every"):
+    if config.train[name] <= 0:
+      raise ValueError(f"config.train.{name} must be > 0, got "
+                       f"{config.train[name]}")
+  return shards
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop checks every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint at the current step")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _load_vgg(config, mesh):
+  vgg = losses.load_loss_vgg(config.loss)
+  if vgg is None:
+    logging.info("perceptual and style losses are off (config.loss); "
+                 "text removal trains with the multi-scale L1 loss only")
+    return None, None
+  graphdef, state = nnx.split(vgg)
+  state = jax.device_put(nnx.to_pure_dict(state), sharding.replicated(mesh))
+  return graphdef, state
+
+
+def _init_from(config, setup) -> Any:
+  from upocr_jax import weights  # pylint: disable=g-import-not-at-top
+  logging.info("initialising from %s", config.init_from)
+  model = weights.load_weights(config.init_from, config.model)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return jax.device_put(params, setup.param_shardings)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains until ``config.train.steps``; returns the last logged metrics."""
+  maybe_initialize_distributed(config)
+  num_shards = validate_config(config, jax.device_count())
+  mesh = sharding.make_mesh(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
+               jax.device_count(), jax.process_count())
+
+  tx, schedule = optim.make_optimizer(config.optim), optim.make_schedule(
+      config.optim)
+  setup = train_step.make_setup(config, mesh, tx)
+  layout = losses.BatchLayout.from_data_config(config.data, num_shards)
+  vgg_graphdef, vgg_params = _load_vgg(config, mesh)
+  step_fn = train_step.make_train_step(config, setup, tx, schedule, layout,
+                                       mesh, vgg_graphdef)
+  data_iter = pipeline.create_train_iterator(
+      config, jax.process_index(), jax.process_count(), num_shards)
+  ckpt = checkpoint.Checkpointer(workdir, config.train.checkpoint_every,
+                                 config.train.keep_checkpoints)
+  writer = MetricWriter(workdir, enabled=is_main)
+
+  start = ckpt.latest_step()
+  if start is not None:
+    logging.info("resuming from step %d in %s", start, workdir)
+    abstract_opt = checkpoint.abstract_like(jax.eval_shape(
+        setup.init_opt_state, setup.abstract_params))
+    abstract_opt = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_opt, setup.opt_shardings)
+    params, opt_state = ckpt.restore(start, setup.abstract_params,
+                                     abstract_opt, data_iter)
+    writer.truncate_after(start)
+  else:
+    start = 0
+    params = (_init_from(config, setup) if config.init_from
+              else setup.init_params())
+    opt_state = setup.init_opt_state(params)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  logging.info("model: %s parameters; global batch %d (%s per task)",
+               f"{n_params:,}", layout.batch_size,
+               [layout.count(t) for t in range(3)])
+
+  key = jax.random.key(config.seed)
+  total = config.train.steps
+  hooks = _Hooks(config, workdir, mesh, setup, is_main)
+  last: dict[str, float] = {}
+  pending = None       # (step, device metrics) of the previous step
+  window: list[dict[str, float]] = []
+  t0, s0 = time.time(), start
+  with _Preemption() as preempt, jax.set_mesh(mesh):
+    step = start
+    while step < total:
+      batch = train_step.global_batch(next(data_iter), mesh, config)
+      params, opt_state, m = step_fn(params, opt_state, vgg_params, batch,
+                                     np.int32(step), key)
+      step += 1
+      # Read the previous step's metrics while this one runs (one-step lag).
+      if pending is not None:
+        window.append(_check(*pending))
+      pending = (step, m)
+      if step % config.train.log_every == 0 or step == total or \
+          step % config.train.checkpoint_every == 0 or preempt.requested:
+        window.append(_check(*pending))
+        pending = None
+      if window and (step % config.train.log_every == 0 or step == total):
+        last = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        dt = time.time() - t0
+        sps = (step - s0) / dt if dt > 0 else 0.0
+        if is_main:
+          print(format_line(step, total, last, sps, sps * layout.batch_size),
+                flush=True)
+        writer.write(step, {**last, "steps_per_s": sps})
+        window, t0, s0 = [], time.time(), step
+      if step % config.train.checkpoint_every == 0 or step == total or \
+          preempt.requested:
+        ckpt.save(step, params, opt_state, data_iter, config, force=True)
+      hooks.after_step(step, params, writer, last_step=step == total)
+      if preempt.requested:
+        logging.warning("preempted at step %d: checkpoint written", step)
+        break
+  ckpt.close()
+  writer.close()
+  return last
+
+
+def _check(step: int, metrics: dict[str, Any]) -> dict[str, float]:
+  """Host copy of a step's metrics; raises on a non-finite step."""
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not m.pop("finite"):
+    bad = {k: v for k, v in m.items() if not np.isfinite(v)}
+    raise NonFiniteLossError(
+        f"step {step}: non-finite loss or gradient ({bad}); the update was "
+        "not applied and no checkpoint was written for this step")
+  return m
+
+
+class _Hooks:
+  """Periodic previews and evaluations (imported lazily: optional pieces)."""
+
+  def __init__(self, config, workdir, mesh, setup, is_main):
+    self.config, self.workdir, self.mesh = config, workdir, mesh
+    self.setup, self.is_main = setup, is_main
+
+  def _model(self, params):
+    return nnx.merge(self.setup.graphdef, params)
+
+  def after_step(self, step, params, writer, last_step):
+    t = self.config.train
+    if t.preview_every and (step % t.preview_every == 0 or last_step):
+      from upocr_jax import preview  # pylint: disable=g-import-not-at-top
+      path = preview.write_preview(self._model(params), self.config,
+                                   self.workdir, step, self.is_main)
+      if path:
+        logging.info("preview: %s", path)
+    if (t.eval_every and step % t.eval_every == 0) or last_step:
+      from upocr_jax import evaluate  # pylint: disable=g-import-not-at-top
+      results = evaluate.run_evals(self._model(params), self.config, step)
+      if results:
+        writer.write(step, results)
+        if self.is_main:
+          print("eval " + " ".join(f"{k}={v:.4g}" for k, v in
+                                   sorted(results.items())), flush=True)
