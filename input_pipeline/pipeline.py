@@ -27,9 +27,10 @@ Each batch is a dict of numpy arrays:
   name      list of B source file names (for logging / debugging)
 
 Per task the example stream is: source -> shuffle (the task's own seed, new order
-each epoch) -> repeat -> this process's interleaved slice (disjoint across
-processes) -> augmentation (a per-element RNG from the config seed, task and
-stream shard) -> the layout above. The returned iterator's ``get_state``/
+each epoch) -> repeat -> augmentation (a per-element RNG from the config seed,
+the task and the element's global index) -> this process's data shards' slots
+of each step (disjoint across processes) -> the layout above. The global batch
+is therefore the same whatever the number of processes that read it. The returned iterator's ``get_state``/
 ``set_state`` (or orbax via ``grain.checkpoint.CheckpointSave/Restore``) resume
 exactly where it stopped.
 """
@@ -64,10 +65,15 @@ class _TaskInterleave(grain.MapDataset):
   """Flat stream: the examples of each step in the layout order (see top)."""
 
   def __init__(self, parents: Sequence[grain.MapDataset],
-               per_shard: Sequence[int], num_local_shards: int):
+               per_shard: Sequence[int], first_shard: int,
+               num_local_shards: int, num_shards: int):
     super().__init__(list(parents))
-    self._per_task = [k * num_local_shards for k in per_shard]
-    self._layout = [(t, d * k + j) for d in range(num_local_shards)
+    # Step s of task t consumes elements s*b_t .. s*b_t + b_t - 1 of the task's
+    # GLOBAL stream (b_t = k_t * num_shards); data shard d takes k_t of them.
+    # So the global batch does not depend on how many processes read it.
+    self._per_task = [k * num_shards for k in per_shard]
+    self._layout = [(t, (first_shard + d) * k + j)
+                    for d in range(num_local_shards)
                     for t, k in enumerate(per_shard) for j in range(k)]
 
   def __len__(self) -> int:
@@ -118,13 +124,16 @@ class _Collate:
     return batch
 
 
-def _task_dataset(data_config: Any, task_id: int, source, shard: int,
-                  shard_count: int) -> grain.MapDataset:
+def _task_dataset(data_config: Any, task_id: int, source) -> grain.MapDataset:
+  """The task's global stream: shuffled, repeated, augmented per element.
+
+  The augmentation RNG depends on the element's global index only, so an
+  example looks the same whichever process reads it.
+  """
   cfg = data_config[schema.TASK_KEYS[task_id]]
   ds = grain.MapDataset.source(source).shuffle(seed=cfg.shuffle_seed).repeat()
-  ds = ds.slice(slice(shard, None, shard_count))
   aug_seed = int(np.random.SeedSequence(
-      [data_config.seed, task_id, shard]).generate_state(1)[0])
+      [data_config.seed, task_id]).generate_state(1)[0])
   return ds.random_map(_Augment(cfg, data_config.image_size), seed=aug_seed)
 
 
@@ -181,9 +190,10 @@ def create_train_dataset(config: Any, process_index: int = 0,
       task_ds.append(grain.MapDataset.range(0))
       continue
     source = sources.make_source(data_config, task_id, train=True)
-    task_ds.append(_task_dataset(data_config, task_id, source, shard,
-                                 shard_count))
-  flat = _TaskInterleave(task_ds, per_shard, n_local)
+    task_ds.append(_task_dataset(data_config, task_id, source))
+  del shard_count
+  flat = _TaskInterleave(task_ds, per_shard, shard * n_local, n_local,
+                         num_data_shards)
   ds = _maybe_workers(flat.to_iter_dataset(_read_options(data_config)),
                       data_config)
   return ds.batch(sum(per_shard) * n_local,

@@ -203,3 +203,19 @@ def test_crop_flip_jitter_shapes_and_labels_stay_discrete():
   red = Image.new("RGB", (2, 2), (255, 0, 0))
   r, g, b = np.asarray(transforms.adjust_hue(red, 0.5))[0, 0]
   assert r < 10 and g > 240 and b > 240
+
+
+def test_global_batch_is_independent_of_the_process_count():
+  # 4 data shards read by 1, 2 or 4 processes: the concatenated process
+  # batches (in process order) are the same global batch, pixel for pixel.
+  cfg = data_helpers.tiny_data_config(text_removal__batch_size=4,
+                                      tampered_text_detection__batch_size=4,
+                                      text_segmentation__batch_size=4)
+  whole = _take(pipeline.create_train_iterator(cfg, 0, 1, 4), 2)
+  for procs in (2, 4):
+    parts = [_take(pipeline.create_train_iterator(cfg, p, procs, 4), 2)
+             for p in range(procs)]
+    for step in range(2):
+      for key in ("image", "target", "valid", "text_mask", "task_id"):
+        glued = np.concatenate([parts[p][step][key] for p in range(procs)])
+        np.testing.assert_array_equal(glued, whole[step][key])
