@@ -1,0 +1,144 @@
+"""Evaluation: CLI end to end, the library functions, sharding, bad inputs."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flax import nnx
+from PIL import Image
+
+import inference_helpers as helpers
+from input_pipeline import pipeline
+from upocr_jax import evaluate, inference, metrics
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval_workdir")
+  helpers.random_weights_dir(root)  # root/weights, as the train loop writes it
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+  return inference.load_model(workdir)
+
+
+@pytest.fixture(scope="module")
+def cli_results(workdir, tmp_path_factory):
+  out = tmp_path_factory.mktemp("eval_out")
+  results = evaluate.main([
+      "upocr-eval", "--config=configs/upocr.py:tiny",
+      "--config.data.synthetic.num_eval=5", "--checkpoint", workdir,
+      "--dataset", "synthetic", "--save-predictions", "--output-dir", str(out)])
+  return results, out
+
+
+def test_cli_writes_metrics_and_predictions(cli_results):
+  results, out = cli_results
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["dataset"] == "synthetic"
+  assert set(report["results"]) == set(evaluate.TASKS)
+  removal = report["results"]["text removal"]
+  assert removal["num_images"] == 5  # the padded 6th..8th examples are masked
+  assert removal["mssim_mode"] == "official" and removal["fid"] is None
+  assert all(math.isfinite(removal[k]) for k in ("psnr", "mse", "mssim", "age"))
+  assert report["results"]["text segmentation"]["num_images"] == 5
+  for task in evaluate.TASKS:
+    names = sorted(os.listdir(out / "predictions" / task.replace(" ", "_")))
+    assert names == [f"{i:07d}.png" for i in range(5)]
+  # Removal at the model size; maps at their label's original size.
+  assert Image.open(out / "predictions/text_removal/0000000.png").size == (64, 64)
+  src = pipeline.create_eval_iterator(helpers.tiny_config(), 2)
+  label = next(src)["orig_target"][0]
+  seg = Image.open(out / "predictions/text_segmentation/0000000.png")
+  assert seg.size == (label.shape[1], label.shape[0])
+
+
+def test_run_evals_reproduces_cli(model, cli_results):
+  results, _ = cli_results
+  config = helpers.tiny_config()
+  flat = evaluate.run_evals(model, config, step=0)
+  assert flat["eval/synthetic/text_removal/psnr"] == pytest.approx(
+      results["text removal"]["psnr"], rel=1e-6)
+  assert flat["eval/synthetic/text_segmentation/fgIoU"] == pytest.approx(
+      results["text segmentation"]["fgIoU"], rel=1e-6, nan_ok=True)
+  assert "eval/synthetic/tampered_text_detection/mean_F" in flat
+  assert all(isinstance(v, float) for v in flat.values())
+  assert not any(k.endswith("num_images") for k in flat)
+
+
+def test_removal_matches_direct_metrics(model):
+  config = helpers.tiny_config()
+  res = evaluate.evaluate(model, config, "text_removal", "synthetic",
+                          max_examples=3, progress=False)
+  batch = next(pipeline.create_eval_iterator(config, 0, max_examples=3))
+  out = np.asarray(inference.forward(model, batch["image"],
+                                     np.zeros(4, np.int32)))
+  per_image = [metrics.text_removal_metrics(
+      metrics.to_uint8_like_official(out[i]), batch["target"][i])
+               for i in range(3)]
+  assert res["num_images"] == 3
+  for k in ("psnr", "mse", "mssim", "pceps"):
+    assert res[k] == pytest.approx(np.mean([m[k] for m in per_image]), rel=1e-9)
+
+
+def test_sharded_eval_matches_single_device(model):
+  config = helpers.tiny_config()
+  single = evaluate.evaluate(model, config, "tampered text detection",
+                             "synthetic", progress=False)
+  mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
+  sharded_model = nnx.clone(model)
+  nnx.update(sharded_model, jax.device_put(nnx.state(sharded_model),
+                                           NamedSharding(mesh, P())))
+  sharded = evaluate.evaluate(sharded_model, config, "tampered text detection",
+                              "synthetic", progress=False, mesh=mesh)
+  for k in ("mean_IoU", "tampered_F", "num_images"):
+    assert sharded[k] == pytest.approx(single[k], rel=1e-5, nan_ok=True)
+
+
+def test_bad_inputs(model, workdir, tmp_path):
+  config = helpers.tiny_config()
+  with pytest.raises(ValueError, match="source is 'synthetic'"):
+    evaluate.evaluate(model, config, "text removal", "scut_enstext")
+  with pytest.raises(ValueError, match="has no 'text removal' labels"):
+    evaluate.evaluate(model, config, "text removal", "textseg")
+  with pytest.raises(ValueError, match="unknown dataset"):
+    evaluate.evaluate_dataset(model, config, "coco")
+  with pytest.raises(ValueError, match="must be a multiple of mesh axes"):
+    evaluate.evaluate(model, config, "text removal", "synthetic",
+                      mesh=Mesh(np.asarray(jax.devices()[:8]), ("data",)))
+  argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--dataset",
+          "synthetic", "--output-dir", str(tmp_path)]
+  with pytest.raises(ValueError, match="model fields differ: encoder.embed_dim"):
+    evaluate.main(argv + ["--checkpoint", workdir,
+                          "--config.model.encoder.embed_dim=32"])
+  with pytest.raises(FileNotFoundError, match="neither a weight directory"):
+    evaluate.main(argv + ["--checkpoint", str(tmp_path)])
+  with pytest.raises(ValueError, match="--checkpoint is required"):
+    evaluate.main(argv)
+
+
+def test_merge_over_processes(monkeypatch):
+  # Two processes that saw the same examples: every count doubles, the
+  # averages stay (multi-host cannot run here; the gather is simulated).
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(evaluate.multihost_utils, "process_allgather",
+                      lambda x: np.stack([np.asarray(x)] * 2))
+  rng = np.random.default_rng(0)
+  img = lambda: rng.integers(0, 256, (16, 16, 3), np.uint8)
+  removal, seg = metrics.TextRemovalMetrics(), metrics.SegmentationMetrics()
+  for _ in range(3):
+    removal.update(img(), img())
+    seg.update(img(), img())
+  before, cm = removal.result(), seg.confusion_matrix.copy()
+  evaluate._merge_processes(removal)  # pylint: disable=protected-access
+  evaluate._merge_processes(seg)  # pylint: disable=protected-access
+  after = removal.result()
+  assert after["num_images"] == 6 and seg.num_images == 6
+  assert after["psnr"] == pytest.approx(before["psnr"])
+  np.testing.assert_array_equal(seg.confusion_matrix, 2 * cm)

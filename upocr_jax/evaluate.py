@@ -1,0 +1,391 @@
+"""Evaluation on the three benchmarks (or held-out synthetic data) as the paper did.
+
+Library: :func:`evaluate` (one task of one data set), :func:`evaluate_dataset`
+(every task of a data set) and :func:`run_evals` (what ``config.evals`` asks for,
+as flat metric names for the training logs). Command line: ``upocr-eval``.
+
+Protocol, following the official evaluation (engine/val.py and the SCUT-EnsText
+script): images resized to ``config.data.image_size`` (bicubic), the model's
+full-resolution output clamped to [0, 1], then
+
+* text removal: the output quantised as the official code saved it
+  (``(x * 255).astype(uint8)``) and compared at the model size with the ground
+  truth resized the same way (SCUT-EnsText test images are 512x512 already, so
+  this is the original resolution for the paper's setting);
+* text segmentation / tampered text detection: the float output resized
+  bilinearly to the label's original size inside the metrics (threshold 0.4 on
+  the channel mean / argmax over channels), one confusion matrix per set.
+
+Data sets: ``scut_enstext``, ``textseg``, ``tampered_ic13`` read the task's source
+as ``config.data.<task>`` configures it (folder or TFDS); ``synthetic`` evaluates
+all three tasks on the held-out synthetic split (``config.data.synthetic``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from absl import app, flags, logging
+from flax import nnx
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+from PIL import Image
+
+from input_pipeline import pipeline
+from upocr_jax import inference
+from upocr_jax import metrics as metrics_lib
+from upocr_jax.models import UPOCR
+
+TASKS = ("text removal", "tampered text detection", "text segmentation")
+DATASETS = {
+    "scut_enstext": ("text removal",),
+    "tampered_ic13": ("tampered text detection",),
+    "textseg": ("text segmentation",),
+    "synthetic": TASKS,
+}
+_NON_METRICS = ("num_images", "num_skipped_identical", "threshold")
+
+
+def dataset_config(config: ml_collections.ConfigDict, task: str,
+                   dataset: str) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose data section reads ``dataset`` for ``task``."""
+  if dataset not in DATASETS:
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of "
+                     + ", ".join(DATASETS))
+  if task not in DATASETS[dataset]:
+    raise ValueError(f"dataset {dataset!r} has no {task!r} labels; it "
+                     f"evaluates {list(DATASETS[dataset])}")
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  key = inference.task_key(task)
+  if dataset == "synthetic":
+    cfg.data[key].source = "synthetic"
+  elif cfg.data[key].source == "synthetic":
+    raise ValueError(
+        f"--dataset {dataset}: config.data.{key}.source is 'synthetic'; set "
+        f"--config.data.{key}.source=folder and --config.data.{key}.root=... "
+        "(or source=tfds) to evaluate on the real data, or use --dataset "
+        "synthetic")
+  return cfg
+
+
+def _put(x: np.ndarray, mesh: Optional[Mesh], spec: P):
+  if mesh is None:
+    return x
+  return multihost_utils.host_local_array_to_global_array(x, mesh, spec)
+
+
+def _get(x, mesh: Optional[Mesh], spec: P) -> np.ndarray:
+  if mesh is None:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      x, mesh, spec))
+
+
+def _merge_processes(acc) -> None:
+  """Sums an accumulator's counts over processes (each saw its own examples)."""
+  if jax.process_count() == 1:
+    return
+
+  def allsum(x):
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
+  if isinstance(acc, metrics_lib.TextRemovalMetrics):
+    if acc.feature_extractor is not None:
+      raise NotImplementedError("FID over several processes is not supported")
+    # metrics.py has no merge API; its sums/counts are plain attributes.
+    sums = acc._sums  # pylint: disable=protected-access
+    keys = sorted(sums)
+    vals = allsum([sums[k] for k in keys] + [acc.count, acc.skipped])
+    sums.update(zip(keys, map(float, vals[:-2])))
+    acc.count, acc.skipped = int(vals[-2]), int(vals[-1])
+  else:
+    acc.confusion_matrix = allsum(acc.confusion_matrix).astype(np.int64)
+    acc.num_images = int(allsum(acc.num_images))
+
+
+def _stem(name: str) -> str:
+  return os.path.splitext(os.path.basename(name.split(":")[-1]))[0]
+
+
+def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
+             dataset: str, max_examples: int = -1,
+             save_dir: Optional[str] = None, progress: bool = True,
+             mesh: Optional[Mesh] = None,
+             batch_axes: Optional[Sequence[str]] = None,
+             mssim_mode: str = "official",
+             seg_threshold: float = 0.4,
+             feature_extractor: Optional[Callable[[np.ndarray],
+                                                  np.ndarray]] = None) -> dict:
+  """Evaluates ``model`` on one task of a data set; returns the metrics dict.
+
+  Args:
+    model: the UPOCR model (on ``mesh``, replicated or sharded, when given).
+    config: the full config (data settings, ``data.eval_batch_size``).
+    task: task name (or key) as in ``config.model.tasks``.
+    dataset: 'scut_enstext', 'textseg', 'tampered_ic13' or 'synthetic'.
+    max_examples: only the first N examples (-1: all).
+    save_dir: if set, predictions are written as PNG to ``save_dir/<task_key>/
+      <input name>.png`` (text removal at the model size, maps at label size).
+    progress: show a progress bar (process 0 only).
+    mesh: shard the batch over ``batch_axes`` of this mesh (the global eval
+      batch must divide by their size); required with several processes.
+    batch_axes: mesh axes the batch is split over (default: the first axis).
+    mssim_mode, seg_threshold, feature_extractor: see upocr_jax.metrics.
+  Returns:
+    The metrics of upocr_jax.metrics (TextRemovalMetrics / SegmentationMetrics
+    / TamperMetrics ``result()``) plus 'task' and 'dataset'.
+  """
+  task = inference.canonical_task(task, list(model.config.tasks))
+  cfg = dataset_config(config, task, dataset)
+  if mesh is None and jax.process_count() > 1:
+    raise ValueError("evaluate: pass the mesh when running on several processes")
+  spec = None
+  if mesh is not None:
+    axes = tuple(batch_axes or mesh.axis_names[:1])
+    spec = P(axes)
+    n = math.prod(mesh.shape[a] for a in axes)
+    if cfg.data.eval_batch_size % n:
+      raise ValueError(f"config.data.eval_batch_size={cfg.data.eval_batch_size}"
+                       f" must be a multiple of mesh axes {axes} ({n} "
+                       "devices)")
+  model_task_id = list(model.config.tasks).index(task)
+  ds, steps = pipeline.create_eval_dataset(
+      cfg, TASKS.index(task), jax.process_index(), jax.process_count(),
+      max_examples)
+  if task == "text removal":
+    acc = metrics_lib.TextRemovalMetrics(mssim_mode, feature_extractor)
+  elif task == "text segmentation":
+    acc = metrics_lib.SegmentationMetrics(seg_threshold)
+  else:
+    acc = metrics_lib.TamperMetrics()
+  out_dir = None
+  if save_dir:
+    out_dir = os.path.join(save_dir, inference.task_key(task))
+    os.makedirs(out_dir, exist_ok=True)
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=steps, desc=f"eval {dataset}/{inference.task_key(task)}",
+             disable=not progress or jax.process_index() != 0)
+
+  def consume(batch, out):
+    out = _get(out, mesh, spec)
+    for i in np.nonzero(batch["example_mask"])[0]:
+      if task == "text removal":
+        pred = metrics_lib.to_uint8_like_official(out[i])
+        acc.update(pred, batch["target"][i])
+      else:
+        acc.update(out[i], batch["orig_target"][i])
+        if out_dir:
+          h, w = batch["orig_target"][i].shape[:2]
+          pred = metrics_lib.to_uint8_like_official(
+              metrics_lib.resize_bilinear(out[i], h, w))
+      if out_dir:
+        name = _stem(batch["name"][i])
+        Image.fromarray(pred).save(os.path.join(out_dir, name + ".png"))
+    bar.update(1)
+
+  pending = None
+  for batch in ds:
+    ids = np.full(len(batch["image"]), model_task_id, np.int32)
+    # Dispatch is asynchronous: the device runs this batch while the host
+    # computes the metrics of the previous one.
+    out = inference.forward(model, _put(batch["image"], mesh, spec),
+                            _put(ids, mesh, spec))
+    if pending is not None:
+      consume(*pending)
+    pending = (batch, out)
+  if pending is not None:
+    consume(*pending)
+  bar.close()
+  _merge_processes(acc)
+  result = acc.result()
+  result.update(task=task, dataset=dataset)
+  return result
+
+
+def evaluate_dataset(model: UPOCR, config: ml_collections.ConfigDict,
+                     dataset: str, tasks: Optional[Sequence[str]] = None,
+                     **kwargs) -> dict[str, dict]:
+  """:func:`evaluate` on each task of ``dataset`` (or ``tasks``): {task: metrics}."""
+  tasks = DATASETS.get(dataset, ()) if tasks is None else tasks
+  if dataset not in DATASETS:
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of "
+                     + ", ".join(DATASETS))
+  return {t: evaluate(model, config, t, dataset, **kwargs) for t in tasks}
+
+
+def flatten_metrics(results: dict[str, dict], dataset: str) -> dict[str, float]:
+  """{task: metrics} -> {'eval/<task_key>/<metric>': value} (numbers only).
+
+  Synthetic results are named 'eval/synthetic/<task_key>/<metric>' so they never
+  mix with the benchmarks'.
+  """
+  prefix = "eval/synthetic/" if dataset == "synthetic" else "eval/"
+  flat = {}
+  for task, res in results.items():
+    for k, v in res.items():
+      if (k not in _NON_METRICS and isinstance(v, (int, float))
+          and not isinstance(v, bool)):
+        flat[f"{prefix}{inference.task_key(task)}/{k}"] = float(v)
+  return flat
+
+
+def run_evals(model: UPOCR, config: ml_collections.ConfigDict, step: int,
+              mesh: Optional[Mesh] = None,
+              batch_axes: Optional[Sequence[str]] = None) -> dict[str, float]:
+  """The evaluations ``config.evals`` asks for, as flat metric names.
+
+  ``mesh`` / ``batch_axes``: as in :func:`evaluate` (the train loop passes its
+  mesh and data axes; the model stays sharded as it is).
+
+  ``config.evals`` fields (all optional): ``datasets`` (list, or comma
+  separated string; default ['synthetic']), ``max_examples`` (-1),
+  ``mssim_mode`` ('official'), ``seg_threshold`` (0.4).
+  """
+  ev = config.get("evals", None) or ml_collections.ConfigDict()
+  datasets = ev.get("datasets", ["synthetic"])
+  if isinstance(datasets, str):
+    datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+  flat = {}
+  for ds in datasets:
+    res = evaluate_dataset(
+        model, config, ds, max_examples=ev.get("max_examples", -1),
+        progress=False, mesh=mesh, batch_axes=batch_axes, mssim_mode=ev.get("mssim_mode", "official"),
+        seg_threshold=ev.get("seg_threshold", 0.4))
+    flat.update(flatten_metrics(res, ds))
+  logging.info("step %d: %s", step, ", ".join(
+      f"{k}={v:.4g}" for k, v in sorted(flat.items())))
+  return flat
+
+
+# ----------------------------------------------------------------------- CLI
+
+
+def define_flags(fv: flags.FlagValues,
+                 argv: Sequence[str] | None = None) -> None:
+  """Defines the flags of ``upocr-eval`` on ``fv``.
+
+  ``--config.*`` overrides are looked up in ``argv`` (default sys.argv).
+  """
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/upocr.py:paper.",
+      flag_values=fv, lock_config=True,
+      sys_argv=None if argv is None else list(argv))
+  flags.DEFINE_string("checkpoint", None, "Weight directory, or a training "
+                      "workdir holding weights/.", flag_values=fv)
+  flags.DEFINE_enum("dataset", None, list(DATASETS), "Data set to evaluate.",
+                    flag_values=fv)
+  flags.DEFINE_string("task", None, "Only this task (default: every task of "
+                      "the data set).", flag_values=fv)
+  flags.DEFINE_boolean("save_predictions", False, "Write the predictions as "
+                       "PNG under OUTPUT_DIR/predictions.", flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "Where metrics.json (and predictions)"
+                      " go; default CHECKPOINT/eval/DATASET.", flag_values=fv)
+  flags.DEFINE_integer("max_examples", -1, "Only the first N examples per "
+                       "task (-1: all).", flag_values=fv)
+  flags.DEFINE_enum("mssim_mode", "official", ["official", "standard"],
+                    "official: the public script (published numbers); "
+                    "standard: real multi-scale SSIM.", flag_values=fv)
+  flags.DEFINE_float("seg_threshold", 0.4, "Text segmentation threshold.",
+                     flag_values=fv)
+  for name in ("save_predictions", "output_dir", "max_examples", "mssim_mode",
+               "seg_threshold"):
+    flags.DEFINE_alias(name.replace("_", "-"), name, flag_values=fv)
+
+
+def cli_mesh(model: UPOCR, config: ml_collections.ConfigDict
+             ) -> Optional[Mesh]:
+  """A 1-D 'data' mesh over all devices with the model replicated, when the
+  eval batch divides evenly over them; None (one device) otherwise."""
+  n = jax.device_count()
+  if n == 1 or config.data.eval_batch_size % n:
+    if n > 1:
+      logging.warning("eval_batch_size %d does not divide over %d devices: "
+                      "evaluating on one device", config.data.eval_batch_size, n)
+    return None
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  state = nnx.state(model)
+  nnx.update(model, jax.device_put(state, NamedSharding(mesh, P())))
+  return mesh
+
+
+def _clean(v: Any) -> Any:
+  # Standard JSON has no NaN/inf (e.g. a class absent from the whole set).
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  return v
+
+
+def format_table(results: dict[str, dict]) -> str:
+  """A plain-text table of the metrics (fractions also shown x100, as in the
+  paper's tables)."""
+  lines = [f"{'task':<26}{'metric':<22}{'value':>12}{'x100':>10}"]
+  for task, res in results.items():
+    for k, v in res.items():
+      if k in ("task", "dataset") or v is None or isinstance(v, str):
+        continue
+      x100 = ("" if k in ("psnr", "age") or k in _NON_METRICS or
+              isinstance(v, int) else f"{100 * v:10.2f}")
+      lines.append(f"{task:<26}{k:<22}{v:>12.6g}{x100:>10}")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
+  """Runs ``upocr-eval`` with ``argv`` (program name first); returns results.
+
+  Flags are parsed into a fresh FlagValues unless ``fv`` (already parsed) is
+  given, so tests can call this repeatedly.
+  """
+  if fv is None:
+    fv = flags.FlagValues()
+    define_flags(fv, argv)
+    argv = fv(list(argv))
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for name in ("config", "checkpoint", "dataset"):
+    if fv[name].value is None:
+      raise ValueError(f"--{name} is required")
+  config = fv.config
+  model = inference.load_model(fv.checkpoint, config.model)
+  tasks = DATASETS[fv.dataset]
+  if fv.task:
+    tasks = (inference.canonical_task(fv.task, list(tasks)),)
+  out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
+  results = evaluate_dataset(
+      model, config, fv.dataset, tasks, max_examples=fv.max_examples,
+      save_dir=(os.path.join(out_dir, "predictions") if fv.save_predictions
+                else None),
+      mesh=cli_mesh(model, config), mssim_mode=fv.mssim_mode,
+      seg_threshold=fv.seg_threshold)
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"dataset": fv.dataset,
+              "checkpoint": os.path.abspath(fv.checkpoint),
+              "results": {t: {k: _clean(v) for k, v in r.items()}
+                          for t, r in results.items()}}
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    print(format_table(results))
+    print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+  return results
+
+
+def _app_main(argv: Sequence[str]) -> None:
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Hide orbax's INFO chatter.
+  try:
+    main(argv, flags.FLAGS)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"upocr-eval: error: {e}")
+
+
+def run_main() -> None:
+  """Console entry point (``upocr-eval``)."""
+  define_flags(flags.FLAGS)
+  app.run(_app_main)

@@ -1,0 +1,204 @@
+"""Run a trained UPOCR model on your own images: Python API and ``upocr-predict``.
+
+Python::
+
+  from upocr_jax.predict import Predictor
+  predictor = Predictor.from_checkpoint("workdir/weights", mode="tiled")
+  clean = predictor(image, "text removal")           # uint8 HxWx3, input size
+  seg = predictor(image, "text segmentation")        # uint8 HxWx3 text map
+  tmap, regions = predictor(image, "tampered text detection")
+
+Command line::
+
+  upocr-predict --checkpoint DIR --task "text removal" photo.jpg scans/ \
+      --output-dir out [--mode resize|tiled] [--batch-size 8]
+
+Two modes: ``resize`` (the paper's way) resizes every image to the model size
+(``image_size``, bicubic) and the output back to the input size (bilinear);
+``tiled`` runs at native resolution on overlapping ``image_size`` tiles blended
+with smooth weights (see tiling.py): better for documents and large photos, whose
+text the resize blurs away. Outputs are quantised as the official evaluation
+saved them (``(x * 255).astype(uint8)`` after clamping).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence, Union
+
+import ml_collections
+import numpy as np
+from PIL import Image, ImageOps
+
+from upocr_jax import inference
+from upocr_jax import tiling
+from upocr_jax.metrics import resize_bilinear, to_uint8_like_official
+from upocr_jax.models import UPOCR
+from upocr_jax.postprocess import SEG_THRESHOLD, tamper_regions
+
+MODES = ("resize", "tiled")
+DEFAULT_IMAGE_SIZE = 512  # The paper's model size.
+TAMPERED = "tampered text detection"
+ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads any image PIL can open as uint8 HxWx3 RGB (EXIF rotation applied).
+
+  Raises:
+    FileNotFoundError / ValueError: naming the file and what is wrong.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  try:
+    with Image.open(path) as img:
+      img = ImageOps.exif_transpose(img)
+      return np.asarray(img.convert("RGB"))
+  except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors.
+    raise ValueError(f"{path}: cannot read image ({e})") from e
+
+
+def to_rgb_uint8(image: ImageLike) -> np.ndarray:
+  """uint8 HxWx3 from a path, a PIL image or an array (HxW grey, HxWx3 RGB,
+  HxWx4 RGBA with alpha dropped; uint8 or float in [0, 1])."""
+  if isinstance(image, (str, os.PathLike)):
+    return load_image(image)
+  if isinstance(image, Image.Image):
+    return np.asarray(image.convert("RGB"))
+  x = np.asarray(image)
+  if x.ndim == 2:
+    x = np.repeat(x[..., None], 3, axis=-1)
+  if x.ndim != 3 or x.shape[-1] not in (3, 4) or 0 in x.shape[:2]:
+    raise ValueError(f"image must be HxW, HxWx3 or HxWx4, got shape {x.shape}")
+  x = x[..., :3]
+  if x.dtype == np.uint8:
+    return x
+  if np.issubdtype(x.dtype, np.floating):
+    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
+      raise ValueError("float images must be in [0, 1]")
+    return np.round(x * 255).astype(np.uint8)
+  raise ValueError(f"image dtype must be uint8 or float, got {x.dtype}")
+
+
+class Predictor:
+  """Batched inference of one UPOCR model on images of any size.
+
+  Args:
+    model: the UPOCR model.
+    image_size: the model size: input side in ``resize`` mode, tile side in
+      ``tiled`` mode (a multiple of 32; the size the model was trained at).
+    mode: 'resize' or 'tiled' (see the module docstring).
+    batch_size: images (resize) or tiles (tiled) per model call.
+    overlap: minimum tile overlap in pixels (default image_size // 4).
+    seg_threshold: text where the segmentation map's channel mean > this.
+    min_region_area: tampered/real components below this many pixels dropped.
+  """
+
+  def __init__(self, model: UPOCR, image_size: int = DEFAULT_IMAGE_SIZE,
+               mode: str = "resize", batch_size: int = 8,
+               overlap: int | None = None,
+               seg_threshold: float = SEG_THRESHOLD, min_region_area: int = 16):
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if image_size <= 0 or image_size % 32:
+      raise ValueError(f"image_size must be a positive multiple of 32, got "
+                       f"{image_size}")
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    overlap = image_size // 4 if overlap is None else overlap
+    if not 0 <= overlap < image_size:
+      raise ValueError(f"overlap must be in [0, image_size={image_size}), got "
+                       f"{overlap}")
+    self.model = model
+    self.tasks = list(model.config.tasks)
+    self.image_size, self.mode, self.batch_size = image_size, mode, batch_size
+    self.overlap = overlap
+    self.seg_threshold, self.min_region_area = seg_threshold, min_region_area
+
+  @classmethod
+  def from_checkpoint(cls, checkpoint: str, mode: str = "resize",
+                      image_size: int | None = None,
+                      config: ml_collections.ConfigDict | None = None,
+                      **kwargs) -> "Predictor":
+    """A Predictor for a weight directory or training workdir.
+
+    Args:
+      checkpoint: weight directory, or training workdir with ``weights/``.
+      mode: 'resize' or 'tiled'.
+      image_size: model size; default ``config.data.image_size`` when a config
+        is given, else 512 (the paper's).
+      config: optional full config; the checkpoint must match its
+        ``config.model`` (a ValueError names the differing fields).
+      **kwargs: the other ``Predictor`` arguments.
+    """
+    model = inference.load_model(checkpoint,
+                                 None if config is None else config.model)
+    if image_size is None:
+      image_size = (config.data.image_size if config is not None
+                    and "data" in config else DEFAULT_IMAGE_SIZE)
+    return cls(model, image_size=image_size, mode=mode, **kwargs)
+
+  def task_id(self, task: str) -> int:
+    """Index of ``task`` (name or key) in the model's tasks."""
+    return self.tasks.index(inference.canonical_task(task, self.tasks))
+
+  def predict_maps(self, images: Sequence[ImageLike], task: str
+                   ) -> list[np.ndarray]:
+    """Raw output maps, float32 HxWx3 in [0, 1], each at its input's size."""
+    task_id = self.task_id(task)
+    arrays = [to_rgb_uint8(im) for im in images]
+    if not arrays:
+      return []
+    s = self.image_size
+    if self.mode == "resize":
+      batch = np.stack([
+          a if a.shape[:2] == (s, s) else
+          np.asarray(Image.fromarray(a).resize((s, s), Image.Resampling.BICUBIC))
+          for a in arrays])
+      outs = inference.predict_batches(self.model, batch, task_id,
+                                       self.batch_size)
+      # Bilinear like the official evaluation's upsampling of label maps.
+      return [resize_bilinear(o, *a.shape[:2]) for o, a in zip(outs, arrays)]
+    grids = [tiling.make_grid(a.shape[0], a.shape[1], s, self.overlap)
+             for a in arrays]
+    tiles = np.concatenate([tiling.extract_tiles(a, g)
+                            for a, g in zip(arrays, grids)])
+    outs = inference.predict_batches(self.model, tiles, task_id,
+                                     self.batch_size)
+    maps, k = [], 0
+    for g in grids:
+      maps.append(tiling.blend_tiles(outs[k:k + g.num_tiles], g))
+      k += g.num_tiles
+    return maps
+
+  def finish(self, output_map: np.ndarray, task: str):
+    """uint8 output (plus regions for tampered text) from a float map."""
+    out = to_uint8_like_official(output_map)
+    if inference.canonical_task(task, self.tasks) == TAMPERED:
+      return out, tamper_regions(output_map, self.min_region_area)
+    return out
+
+  def predict_batch(self, images: Sequence[ImageLike], task: str) -> list:
+    """``__call__`` on several images at once (batched model calls)."""
+    return [self.finish(m, task) for m in self.predict_maps(images, task)]
+
+  def __call__(self, image: ImageLike, task: str):
+    """Runs ``task`` on one image.
+
+    Args:
+      image: a path, PIL image or array (see :func:`to_rgb_uint8`).
+      task: 'text removal', 'text segmentation' or 'tampered text detection'
+        (or with underscores).
+    Returns:
+      uint8 HxWx3 at the input's size: the text-free image, or the text map
+      (white text), or for tampered text a tuple (map: R background, G real,
+      B tampered; list of regions, see postprocess.tamper_regions).
+    """
+    return self.predict_batch([image], task)[0]
+
+
+def run_main() -> None:
+  """Entry point of ``upocr-predict``."""
+  from upocr_jax import predict_cli  # pylint: disable=g-import-not-at-top
+  predict_cli.run_main()
