@@ -21,7 +21,7 @@ TASKS = ("text removal", "tampered text detection", "text segmentation")
 
 def _model_config(variant: str) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
-  m.tasks = list(TASKS)
+  m.tasks = TASKS
   m.patch_size = 4
   m.mlp_ratio = 4.0
   # Compute dtype of matmuls/convs; softmax, norms and the position-bias MLP stay
@@ -36,25 +36,25 @@ def _model_config(variant: str) -> ml_collections.ConfigDict:
   m.decoder = ml_collections.ConfigDict()
   if variant == "paper":
     m.encoder.embed_dim = 96
-    m.encoder.depths = [2, 2, 18, 2]
-    m.encoder.num_heads = [3, 6, 12, 24]
+    m.encoder.depths = (2, 2, 18, 2)
+    m.encoder.num_heads = (3, 6, 12, 24)
     m.encoder.window_size = 16
     m.encoder.pretrained_window_size = 16
     m.encoder.drop_path_rate = 0.3
-    m.decoder.depths = [2, 18, 2, 2, 2]
-    m.decoder.num_heads = [24, 12, 6, 3, 2]
+    m.decoder.depths = (2, 18, 2, 2, 2)
+    m.decoder.num_heads = (24, 12, 6, 3, 2)
     m.decoder.window_size = 8
     m.decoder.pretrained_window_size = 8
     m.decoder.drop_path_rate = 0.3
   elif variant == "tiny":
     m.encoder.embed_dim = 16
-    m.encoder.depths = [1, 1, 2, 1]
-    m.encoder.num_heads = [1, 2, 2, 4]
+    m.encoder.depths = (1, 1, 2, 1)
+    m.encoder.num_heads = (1, 2, 2, 4)
     m.encoder.window_size = 8
     m.encoder.pretrained_window_size = 8
     m.encoder.drop_path_rate = 0.1
-    m.decoder.depths = [1, 2, 1, 1, 1]
-    m.decoder.num_heads = [4, 2, 2, 1, 1]
+    m.decoder.depths = (1, 2, 1, 1, 1)
+    m.decoder.num_heads = (4, 2, 2, 1, 1)
     m.decoder.window_size = 8
     m.decoder.pretrained_window_size = 8
     m.decoder.drop_path_rate = 0.1
@@ -102,7 +102,8 @@ def _train_config(variant: str) -> ml_collections.ConfigDict:
   t.checkpoint_every = 2_000 if paper else 300
   t.keep_checkpoints = 3
   t.preview_every = 1_000 if paper else 300  # PNG grid of predictions
-  t.eval_every = 10_000 if paper else 0       # 0: only at the end
+  t.eval_every = 10_000 if paper else 0       # 0: none during training
+  t.final_eval = True                         # evaluate after the last step
   return t
 
 
@@ -117,8 +118,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   config.train = _train_config(variant)
   config.loss = loss_optim_config.get_loss_config(variant)
   config.optim = loss_optim_config.get_optim_config(variant)
-  # The schedule spans the run: --config.train.steps=N rescales it.
-  config.optim.total_steps = config.train.get_ref("steps")
+  # -1: the schedule spans config.train.steps (so --config.train.steps=N
+  # rescales it); > 0: a fixed schedule length (e.g. to stop a run early).
+  config.optim.total_steps = -1
   _parallel_config(config)
   # A weight directory (upocr-convert output, or WORKDIR/weights of a run) to
   # start from, e.g. the released pre-training weights.

@@ -65,7 +65,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int
   """Checks the config before compiling; returns the number of data shards."""
   validate_model_config(config.model)
   validate_loss_config(config.loss)
-  validate_optim_config(config.optim)
+  validate_optim_config(config.optim, schedule_steps(config))
   size = config.data.image_size
   if size % 32 or size <= 0:
     raise ValueError(f"config.data.image_size must be a positive multiple of "
@@ -86,6 +86,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int
       raise ValueError(f"config.train.{name} must be > 0, got "
                        f"{config.train[name]}")
   return shards
+
+
+def schedule_steps(config: ml_collections.ConfigDict) -> int:
+  """Length of the lr schedule: config.optim.total_steps, or train.steps."""
+  n = config.optim.total_steps
+  return config.train.steps if n is None or n <= 0 else n
 
 
 class _Preemption:
@@ -141,8 +147,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
                jax.device_count(), jax.process_count())
 
-  tx, schedule = optim.make_optimizer(config.optim), optim.make_schedule(
-      config.optim)
+  n_sched = schedule_steps(config)
+  tx = optim.make_optimizer(config.optim, n_sched)
+  schedule = optim.make_schedule(config.optim, n_sched)
   setup = train_step.make_setup(config, mesh, tx)
   layout = losses.BatchLayout.from_data_config(config.data, num_shards)
   vgg_graphdef, vgg_params = _load_vgg(config, mesh)
@@ -176,45 +183,62 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                [layout.count(t) for t in range(3)])
 
   key = jax.random.key(config.seed)
-  total = config.train.steps
   hooks = _Hooks(config, workdir, mesh, setup, is_main)
+  try:
+    with _Preemption() as preempt, jax.set_mesh(mesh):
+      last = _loop(config, step_fn, params, opt_state, vgg_params, data_iter,
+                   ckpt, writer, hooks, preempt, mesh, layout, start, key,
+                   is_main)
+  finally:
+    # Also on errors: finish pending async saves (the last good checkpoint).
+    ckpt.close()
+    writer.close()
+  return last
+
+
+def _loop(config, step_fn, params, opt_state, vgg_params, data_iter, ckpt,
+          writer, hooks, preempt, mesh, layout, start, key, is_main):
+  """Runs steps start+1..train.steps; returns the last logged metrics."""
+  total = config.train.steps
   last: dict[str, float] = {}
   pending = None       # (step, device metrics) of the previous step
   window: list[dict[str, float]] = []
   t0, s0 = time.time(), start
-  with _Preemption() as preempt, jax.set_mesh(mesh):
-    step = start
-    while step < total:
-      batch = train_step.global_batch(next(data_iter), mesh, config)
-      params, opt_state, m = step_fn(params, opt_state, vgg_params, batch,
-                                     np.int32(step), key)
-      step += 1
-      # Read the previous step's metrics while this one runs (one-step lag).
-      if pending is not None:
-        window.append(_check(*pending))
-      pending = (step, m)
-      if step % config.train.log_every == 0 or step == total or \
-          step % config.train.checkpoint_every == 0 or preempt.requested:
-        window.append(_check(*pending))
-        pending = None
-      if window and (step % config.train.log_every == 0 or step == total):
-        last = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-        dt = time.time() - t0
-        sps = (step - s0) / dt if dt > 0 else 0.0
-        if is_main:
-          print(format_line(step, total, last, sps, sps * layout.batch_size),
-                flush=True)
-        writer.write(step, {**last, "steps_per_s": sps})
-        window, t0, s0 = [], time.time(), step
-      if step % config.train.checkpoint_every == 0 or step == total or \
-          preempt.requested:
-        ckpt.save(step, params, opt_state, data_iter, config, force=True)
-      hooks.after_step(step, params, writer, last_step=step == total)
-      if preempt.requested:
-        logging.warning("preempted at step %d: checkpoint written", step)
-        break
-  ckpt.close()
-  writer.close()
+  step = start
+  while step < total:
+    local = next(data_iter)
+    batch = train_step.global_batch(local, mesh, config)
+    params, opt_state, m = step_fn(params, opt_state, vgg_params, batch,
+                                   np.int32(step), key)
+    # A fingerprint of the data, so that resumed runs can be checked to see
+    # exactly the batches of an uninterrupted one.
+    m = {**m, "data_checksum": np.float64(np.sum(local["image"],
+                                                 dtype=np.float64))}
+    step += 1
+    # Read the previous step's metrics while this one runs (one-step lag).
+    if pending is not None:
+      window.append(_check(*pending))
+    pending = (step, m)
+    if step % config.train.log_every == 0 or step == total or \
+        step % config.train.checkpoint_every == 0 or preempt.requested:
+      window.append(_check(*pending))
+      pending = None
+    if window and (step % config.train.log_every == 0 or step == total):
+      last = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+      dt = time.time() - t0
+      sps = (step - s0) / dt if dt > 0 else 0.0
+      if is_main:
+        print(format_line(step, total, last, sps, sps * layout.batch_size),
+              flush=True)
+      writer.write(step, {**last, "steps_per_s": sps})
+      window, t0, s0 = [], time.time(), step
+    if step % config.train.checkpoint_every == 0 or step == total or \
+        preempt.requested:
+      ckpt.save(step, params, opt_state, data_iter, config, force=True)
+    hooks.after_step(step, params, writer, last_step=step == total)
+    if preempt.requested:
+      logging.warning("preempted at step %d: checkpoint written", step)
+      break
   return last
 
 
@@ -247,7 +271,8 @@ class _Hooks:
                                    self.workdir, step, self.is_main)
       if path:
         logging.info("preview: %s", path)
-    if (t.eval_every and step % t.eval_every == 0) or last_step:
+    if (t.eval_every and step % t.eval_every == 0) or (last_step and
+                                                       t.final_eval):
       from upocr_jax import evaluate  # pylint: disable=g-import-not-at-top
       results = evaluate.run_evals(self._model(params), self.config, step)
       if results:

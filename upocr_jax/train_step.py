@@ -102,7 +102,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
     grad_norm = optax.global_norm(grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    # Also guard the update itself (e.g. a NaN learning rate).
+    finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates)))
     keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     new_params = jax.tree.map(keep, new_params, params)
     new_opt = jax.tree.map(keep, new_opt, opt_state)
