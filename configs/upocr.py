@@ -116,6 +116,14 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   config.model = _model_config(variant)
   config.data = data_config.get_data_config(variant)
   config.train = _train_config(variant)
+  # Evaluations during training (train.eval_every) and after the last step
+  # (train.final_eval); see upocr_jax/evaluate.py run_evals.
+  config.evals = ml_collections.ConfigDict()
+  config.evals.datasets = (("scut_enstext", "textseg", "tampered_ic13")
+                           if variant == "paper" else ("synthetic",))
+  config.evals.max_examples = -1
+  config.evals.mssim_mode = "official"
+  config.evals.seg_threshold = 0.4
   config.loss = loss_optim_config.get_loss_config(variant)
   config.optim = loss_optim_config.get_optim_config(variant)
   # -1: the schedule spans config.train.steps (so --config.train.steps=N

@@ -278,7 +278,7 @@ def define_flags(fv: flags.FlagValues,
       flag_values=fv, lock_config=True,
       sys_argv=None if argv is None else list(argv))
   flags.DEFINE_string("checkpoint", None, "Weight directory, or a training "
-                      "workdir holding weights/.", flag_values=fv)
+                      "workdir (its latest checkpoint).", flag_values=fv)
   flags.DEFINE_enum("dataset", None, list(DATASETS), "Data set to evaluate.",
                     flag_values=fv)
   flags.DEFINE_string("task", None, "Only this task (default: every task of "

@@ -1,8 +1,7 @@
 """Shared pieces of evaluation and prediction: checkpoints, task names, forward.
 
 * :func:`resolve_weights_dir`: ``--checkpoint`` accepts a weight directory or a
-  training workdir (whose ``weights/`` sub-directory the train loop refreshes at
-  every checkpoint save).
+  training workdir (read through its latest checkpoint).
 * :func:`canonical_task`: task names as in ``config.model.tasks`` or their
   config keys ('text removal' or 'text_removal').
 * :func:`forward` / :func:`predict_batches`: the jitted model call returning the
@@ -24,26 +23,30 @@ from flax import nnx
 from upocr_jax import weights as weights_lib
 from upocr_jax.models import UPOCR
 
-WEIGHTS_SUBDIR = "weights"  # Where the train loop writes a weight directory.
+WEIGHTS_SUBDIR = "weights"  # A weight directory kept inside a workdir.
 
 
 def resolve_weights_dir(path: str) -> str:
-  """The weight directory named by ``path`` (itself or ``path/weights``).
+  """The weight source named by ``path``: a weight directory or a workdir.
+
+  A training workdir (with ``checkpoints/``) is read through its latest
+  checkpoint; ``path/weights`` is also accepted.
 
   Raises:
-    FileNotFoundError: ``path`` is neither a weight directory nor a training
-      workdir holding one.
+    FileNotFoundError: ``path`` is neither.
   """
   if not os.path.isdir(path):
     raise FileNotFoundError(f"--checkpoint {path}: no such directory")
+  if weights_lib.is_workdir(path):
+    return path
   for cand in (path, os.path.join(path, WEIGHTS_SUBDIR)):
     if os.path.isfile(os.path.join(cand, weights_lib.CONFIG_FILE)):
       return cand
   raise FileNotFoundError(
       f"--checkpoint {path}: neither a weight directory (with "
       f"{weights_lib.CONFIG_FILE} and {weights_lib.PARAMS_DIR}/) nor a training "
-      f"workdir holding one in {WEIGHTS_SUBDIR}/ (it is written at the first "
-      "checkpoint save; `upocr-convert` writes one from official weights)")
+      "workdir (with checkpoints/; `upocr-convert` writes a weight directory "
+      "from official weights)")
 
 
 def load_model(checkpoint: str,

@@ -124,7 +124,7 @@ class Predictor:
     """A Predictor for a weight directory or training workdir.
 
     Args:
-      checkpoint: weight directory, or training workdir with ``weights/``.
+      checkpoint: weight directory, or training workdir (latest checkpoint).
       mode: 'resize' or 'tiled'.
       image_size: model size; default ``config.data.image_size`` when a config
         is given, else 512 (the paper's).

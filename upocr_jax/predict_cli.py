@@ -40,7 +40,7 @@ def define_flags(fv: flags.FlagValues,
   ``--config.*`` overrides are looked up in ``argv`` (default sys.argv).
   """
   flags.DEFINE_string("checkpoint", None, "Weight directory, or a training "
-                      "workdir holding weights/.", flag_values=fv)
+                      "workdir (its latest checkpoint).", flag_values=fv)
   flags.DEFINE_string("task", None, "'text removal', 'text segmentation' or "
                       "'tampered text detection'.", flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Where the outputs go.",

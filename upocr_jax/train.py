@@ -274,9 +274,31 @@ class _Hooks:
     if (t.eval_every and step % t.eval_every == 0) or (last_step and
                                                        t.final_eval):
       from upocr_jax import evaluate  # pylint: disable=g-import-not-at-top
-      results = evaluate.run_evals(self._model(params), self.config, step)
+      results = evaluate.run_evals(
+          self._model(params), self.config, step, mesh=self.mesh,
+          batch_axes=tuple(self.config.sharding.batch_axes))
+      if last_step and "synthetic" in self.config.evals.datasets:
+        results.update(_report_against_baselines(self.config, results,
+                                                 self.is_main))
       if results:
         writer.write(step, results)
-        if self.is_main:
-          print("eval " + " ".join(f"{k}={v:.4g}" for k, v in
-                                   sorted(results.items())), flush=True)
+
+
+def _report_against_baselines(config, results: dict[str, float],
+                              is_main: bool) -> dict[str, float]:
+  """Prints the final synthetic evaluation next to the trivial baselines."""
+  from upocr_jax import baselines  # pylint: disable=g-import-not-at-top
+  base = baselines.flat_baselines(config, "synthetic",
+                                  config.evals.max_examples)
+  if is_main:
+    print("final evaluation on held-out synthetic data (model vs trivial "
+          "baselines; an undefined F, no pixel predicted, counts as 0):")
+    for task, metric in baselines.HEADLINE.items():
+      key = task.replace(" ", "_")
+      model_v = results.get(f"eval/synthetic/{key}/{metric}", float("nan"))
+      others = ", ".join(
+          f"{k.split('/')[2]} {np.nan_to_num(v):.4g}"
+          for k, v in base.items() if k.startswith(f"baseline/{key}/"))
+      print(f"  {task:24s} {metric:7s} model {np.nan_to_num(model_v):.4g}"
+            f"  | {others}", flush=True)
+  return base

@@ -1,0 +1,92 @@
+"""Parallelism by config: same loss on every mesh, FSDP really shards."""
+
+import jax
+import numpy as np
+import pytest
+
+from input_pipeline import pipeline
+from tests.training import train_helpers as th
+from upocr_jax import losses, optim, sharding, train_step
+
+PER_TASK = 8
+
+
+@pytest.fixture(scope="module")
+def examples():
+  """8 examples per task, from the synthetic pipeline (one data shard)."""
+  cfg = th.micro_config(per_task=PER_TASK)
+  b = next(pipeline.create_train_iterator(cfg, 0, 1, 1))
+  return {k: v for k, v in b.items() if k != "name"}
+
+
+def arrange(examples, num_shards):
+  """The same examples in the layout of ``num_shards`` data shards."""
+  k = PER_TASK // num_shards
+  order = [t * PER_TASK + d * k + j for d in range(num_shards)
+           for t in range(3) for j in range(k)]
+  return {key: v[order] for key, v in examples.items()}
+
+
+def one_step(mesh_shape, devices, examples):
+  cfg = th.micro_config(per_task=PER_TASK)
+  cfg.mesh.shape = mesh_shape
+  mesh = sharding.make_mesh(cfg, devices)
+  shards = sharding.num_batch_shards(mesh, cfg)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.steps)
+  setup = train_step.make_setup(cfg, mesh, tx)
+  step = train_step.make_train_step(
+      cfg, setup, tx, optim.make_schedule(cfg.optim, cfg.train.steps),
+      losses.BatchLayout.from_data_config(cfg.data, shards), mesh)
+  params = setup.init_params()
+  init = jax.device_get(params)
+  with jax.set_mesh(mesh):
+    batch = train_step.global_batch(arrange(examples, shards), mesh, cfg)
+    params, _, m = step(params, setup.init_opt_state(params), None, batch,
+                        np.int32(0), jax.random.key(0))
+  return init, jax.device_get(m), jax.device_get(params)
+
+
+def test_meshes_give_the_loss_of_one_device(examples):
+  devices = jax.devices()
+  assert len(devices) == 8, "tests/conftest.py sets 8 fake CPU devices"
+  init0, ref, params0 = one_step((1, 1, 1), devices[:1], examples)
+  for shape in ((8, 1, 1), (2, 4, 1), (2, 2, 2)):
+    init, m, params = one_step(shape, devices, examples)
+    # Same initial values whatever the sharding...
+    jax.tree.map(np.testing.assert_array_equal, init, init0)
+    # ... same loss terms and the same update.
+    for k in ("loss", "loss/textremoval_MSR_loss", "loss/textseg_l1_loss",
+              "loss/ttd_l1_loss", "grad_norm"):
+      np.testing.assert_allclose(m[k], ref[k], rtol=1e-5, err_msg=f"{shape} {k}")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 params, params0)
+
+
+def device_bytes(tree, device) -> int:
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree)
+             for s in x.addressable_shards if s.device == device)
+
+
+def total_bytes(tree) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (1, 2, 4)])
+def test_fsdp_and_tensor_parallel_shard_params_and_optimizer(mesh_shape):
+  cfg = th.micro_config(per_task=PER_TASK)
+  cfg.model.encoder.embed_dim = 32   # every weight matrix divisible by 8
+  cfg.mesh.shape = mesh_shape
+  mesh = sharding.make_mesh(cfg)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.steps)
+  setup = train_step.make_setup(cfg, mesh, tx)
+  params = setup.init_params()
+  opt_state = setup.init_opt_state(params)
+  n = 8
+  for tree in (params, opt_state):
+    frac = device_bytes(tree, jax.devices()[0]) / total_bytes(tree)
+    # 1/N plus the small replicated tensors (norms, biases of odd sizes).
+    assert frac < 1.25 / n, (mesh_shape, frac)
+  # Adam's moments follow their parameter's sharding.
+  mu = opt_state[1][0].mu
+  for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(mu)):
+    assert p.sharding == s.sharding

@@ -1,0 +1,74 @@
+"""Trivial baselines on an evaluation split, scored like the model.
+
+A trained model must beat these to show that it learned anything:
+
+* text removal: return the input unchanged (``identity``);
+* text segmentation: everything background (``all_background``) and
+  everything text (``all_text``);
+* tampered text detection: everything background (``all_background``).
+
+They use the same evaluation pipeline and metric accumulators as
+``upocr_jax.evaluate``, so the numbers are directly comparable.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from input_pipeline import pipeline
+from upocr_jax import metrics as metrics_lib
+from upocr_jax.evaluate import TASKS, dataset_config
+
+RED = np.array([255, 0, 0], np.uint8)
+
+
+def _constant(shape, value) -> np.ndarray:
+  out = np.empty(shape[:2] + (3,), np.uint8)
+  out[...] = value
+  return out
+
+
+def baselines(config: ml_collections.ConfigDict, task: str, dataset: str,
+              max_examples: int = -1) -> dict[str, dict]:
+  """{baseline name: metrics} for ``task`` on ``dataset`` (e.g. 'synthetic')."""
+  cfg = dataset_config(config, task, dataset)
+  ds, _ = pipeline.create_eval_dataset(cfg, TASKS.index(task), 0, 1,
+                                       max_examples)
+  if task == "text removal":
+    accs = {"identity": metrics_lib.TextRemovalMetrics()}
+  elif task == "text segmentation":
+    accs = {"all_background": metrics_lib.SegmentationMetrics(),
+            "all_text": metrics_lib.SegmentationMetrics()}
+  else:
+    accs = {"all_background": metrics_lib.TamperMetrics()}
+  for batch in ds:
+    for i in np.nonzero(batch["example_mask"])[0]:
+      if task == "text removal":
+        accs["identity"].update(batch["image"][i], batch["target"][i])
+        continue
+      label = batch["orig_target"][i]
+      if task == "text segmentation":
+        accs["all_background"].update(_constant(label.shape, 0), label)
+        accs["all_text"].update(_constant(label.shape, 255), label)
+      else:
+        accs["all_background"].update(_constant(label.shape, RED), label)
+  return {name: acc.result() for name, acc in accs.items()}
+
+
+# The headline metric of each task, as the demo compares them.
+HEADLINE = {"text removal": "psnr", "text segmentation": "fgIoU",
+            "tampered text detection": "mean_F"}
+
+
+def flat_baselines(config: ml_collections.ConfigDict, dataset: str,
+                   max_examples: int = -1) -> dict[str, float]:
+  """Headline metric of every baseline: 'baseline/<task_key>/<name>/<metric>'."""
+  out = {}
+  for task in TASKS:
+    metric = HEADLINE[task]
+    for name, res in baselines(config, task, dataset, max_examples).items():
+      v = res[metric]
+      out[f"baseline/{task.replace(' ', '_')}/{name}/{metric}"] = (
+          float(v) if v is not None else float("nan"))
+  return out
