@@ -75,15 +75,20 @@ def _check_same_architecture(saved: ml_collections.ConfigDict,
   # dtype/remat/mask_padding/drop path change behaviour, not parameter shapes.
   keys = ("tasks", "patch_size", "mlp_ratio")
   sub = ("embed_dim", "depths", "num_heads", "window_size")
-  diffs = [k for k in keys if saved[k] != wanted[k]]
+  diffs = [k for k in keys if _norm(saved[k]) != _norm(wanted[k])]
   for part in ("encoder", "decoder"):
-    diffs += [f"{part}.{k}" for k in sub
-              if k in saved[part] and saved[part][k] != wanted[part][k]]
+    diffs += [f"{part}.{k}" for k in sub if k in saved[part]
+              and _norm(saved[part][k]) != _norm(wanted[part][k])]
   if diffs:
     raise ValueError(
         f"{where} was written for another model: config.model fields differ: "
         + ", ".join(f"{d} (checkpoint {_get(saved, d)} vs config "
                     f"{_get(wanted, d)})" for d in diffs))
+
+
+def _norm(v):
+  # JSON gives lists where configs have tuples.
+  return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def _get(cfg, dotted):
