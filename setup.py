@@ -27,6 +27,7 @@ setup(
         "pillow>=10.1,<14",
         "safetensors>=0.4,<1",
         "tensorboardX>=2.6,<3",
+        "tqdm>=4.60,<5",
         # tensorflow-datasets needs it to build data sets defined outside TFDS.
         "importlib_resources>=6,<7",
         # Fonts for the synthetic text generator (input_pipeline/fonts.py).
@@ -44,6 +45,8 @@ setup(
         "console_scripts": [
             "upocr-train=upocr_jax.main:run_main",
             "upocr-convert=upocr_jax.convert:run_main",
+            "upocr-eval=upocr_jax.evaluate:run_main",
+            "upocr-predict=upocr_jax.predict:run_main",
         ],
     },
 )
