@@ -4,14 +4,13 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from tests.fixture_utils import fixture_model_config, official_state_dict
 from upocr_jax import convert, weights
-from upocr_jax.models import UPOCR, VGG16Features
+
 from upocr_jax.models.vgg import FrozenParam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

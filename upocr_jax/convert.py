@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from typing import Any, Mapping
 
 import jax
@@ -33,7 +32,7 @@ from absl import logging
 from flax import nnx
 
 from upocr_jax.models import UPOCR, VGG16Features
-from upocr_jax.models.vgg import VGG_GROUPS, FrozenParam
+from upocr_jax.models.vgg import FrozenParam
 
 _BUFFERS = ("relative_coords_table", "relative_position_index")
 # First index in torchvision's vgg16().features of each conv group.

@@ -26,10 +26,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Any, Callable, Optional, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 import jax
 from jax.experimental import multihost_utils
@@ -376,16 +375,6 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
   return results
 
 
-def _app_main(argv: Sequence[str]) -> None:
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Hide orbax's INFO chatter.
-  try:
-    main(argv, flags.FLAGS)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"upocr-eval: error: {e}")
-
-
 def run_main() -> None:
   """Console entry point (``upocr-eval``)."""
-  define_flags(flags.FLAGS)
-  app.run(_app_main)
+  inference.run_cli("upocr-eval", define_flags, main)

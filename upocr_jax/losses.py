@@ -51,7 +51,6 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 Array = jax.Array
 

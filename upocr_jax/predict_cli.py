@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
@@ -183,17 +182,6 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
   return written
 
 
-def _app_main(argv: Sequence[str]) -> None:
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Hide orbax's INFO chatter.
-  try:
-    main(argv, flags.FLAGS)
-  except (ValueError, FileNotFoundError) as e:
-    # Expected user errors: one clear line instead of a traceback.
-    sys.exit(f"upocr-predict: error: {e}")
-
-
 def run_main() -> None:
   """Console entry point (``upocr-predict``)."""
-  define_flags(flags.FLAGS)
-  app.run(_app_main)
+  inference.run_cli("upocr-predict", define_flags, main)

@@ -94,6 +94,29 @@ def schedule_steps(config: ml_collections.ConfigDict) -> int:
   return config.train.steps if n is None or n <= 0 else n
 
 
+def compile_synced(name: str, fn, *args):
+  """``fn`` compiled for ``args``; with several processes, after a barrier.
+
+  Processes compile at different speeds; on CPU (gloo) the first collective
+  gives up after 30 s, so a slow compile on one host would fail the run.
+  Compiling ahead and meeting at a barrier (no such limit) avoids that.
+  """
+  if jax.process_count() == 1:
+    return fn
+  compiled = fn.lower(*args).compile()
+  # The coordination service's barrier, not a device collective (which would
+  # have the 30 s limit again). orbax uses the same client.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(
+      f"upocr_compiled_{name}", timeout_in_ms=30 * 60 * 1000)
+  return compiled
+
+
+def synced_call(name: str, fn, *args):
+  """Calls ``fn(*args)``, compiled and synchronised as ``compile_synced``."""
+  return compile_synced(name, fn, *args)(*args)
+
+
 class _Preemption:
   """Turns SIGTERM into a flag that the loop checks every step."""
 
@@ -175,8 +198,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   else:
     start = 0
     params = (_init_from(config, setup) if config.init_from
-              else setup.init_params())
-    opt_state = setup.init_opt_state(params)
+              else synced_call("init_params", setup.init_params))
+    opt_state = synced_call("init_opt_state", setup.init_opt_state, params)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   logging.info("model: %s parameters; global batch %d (%s per task)",
                f"{n_params:,}", layout.batch_size,
@@ -208,8 +231,10 @@ def _loop(config, step_fn, params, opt_state, vgg_params, data_iter, ckpt,
   while step < total:
     local = next(data_iter)
     batch = train_step.global_batch(local, mesh, config)
-    params, opt_state, m = step_fn(params, opt_state, vgg_params, batch,
-                                   np.int32(step), key)
+    args = (params, opt_state, vgg_params, batch, np.int32(step), key)
+    if step == start:
+      step_fn = compile_synced("train_step", step_fn, *args)
+    params, opt_state, m = step_fn(*args)
     # A fingerprint of the data, so that resumed runs can be checked to see
     # exactly the batches of an uninterrupted one.
     m = {**m, "data_checksum": np.float64(np.sum(local["image"],

@@ -56,7 +56,7 @@ def reference(examples):
 
 
 @pytest.mark.parametrize("shape", [
-    (8, 1, 1), (2, 4, 1), (1, 4, 2),
+    (8, 1, 1), (2, 4, 1),
     pytest.param((2, 2, 2), marks=pytest.mark.xfail(
         strict=True, reason="known: on (2,2,2) the loss differs by ~1e-3 "
         "relative while the forward pass matches; under investigation")),
