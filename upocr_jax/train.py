@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -160,15 +160,21 @@ def _init_from(config, setup) -> Any:
   return jax.device_put(params, setup.param_shardings)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains until ``config.train.steps``; returns the last logged metrics."""
+def run(config: ml_collections.ConfigDict, workdir: str,
+        devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """Trains until ``config.train.steps``; returns the last logged metrics.
+
+  ``devices``: the devices of the mesh (default: all, which multi-host runs
+  need); e.g. one device of a machine for a quick experiment.
+  """
   maybe_initialize_distributed(config)
-  num_shards = validate_config(config, jax.device_count())
-  mesh = sharding.make_mesh(config)
+  devices = list(jax.devices() if devices is None else devices)
+  num_shards = validate_config(config, len(devices))
+  mesh = sharding.make_mesh(config, devices)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
-               jax.device_count(), jax.process_count())
+               len(devices), jax.process_count())
 
   n_sched = schedule_steps(config)
   tx = optim.make_optimizer(config.optim, n_sched)

@@ -17,6 +17,9 @@ CHECKPOINTS = (
     + [(f"dec_layer{i}_up", f"debug/dec_layer{i}_up", "nchw")
        for i in range(5)])
 
+# Module fixtures are built once: one worker runs the module (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("exactness")
+
 
 def _run(model, images, ids):
   inter = {}

@@ -11,6 +11,9 @@ from upocr_jax.models import (UPOCR, ConfigError, VGG16Features,
                               task_ids_from_names)
 from upocr_jax.models.vgg import FrozenParam
 
+# Module fixtures are built once: one worker runs the module (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("models")
+
 
 def n_params(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

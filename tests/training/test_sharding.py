@@ -9,6 +9,9 @@ from tests.training import train_helpers as th
 from upocr_jax import losses, optim, sharding, train_step
 
 PER_TASK = 8
+# One worker for the whole module (pytest -n 2 --dist loadgroup), so that the
+# module fixtures (the one-device reference) are computed once.
+pytestmark = pytest.mark.xdist_group("sharding")
 
 
 @pytest.fixture(scope="module")

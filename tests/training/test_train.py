@@ -126,9 +126,9 @@ def test_nan_stops_with_step_and_terms_and_keeps_last_checkpoint(
   real = train.pipeline.create_train_iterator
   monkeypatch.setattr(train.pipeline, "create_train_iterator",
                       lambda *a, **k: _NaNAt(real(*a, **k), 5))
-  cfg = th.micro_config(steps=6)
+  cfg = th.micro_config(per_task=1, steps=6)
   with pytest.raises(train.NonFiniteLossError) as e:
-    train.run(cfg, str(tmp_path))
+    train.run(cfg, str(tmp_path), devices=jax.devices()[:1])
   msg = str(e.value)
   assert "step 5" in msg and "loss/textremoval_MSR_loss" in msg
   assert "loss/ttd_l1_loss" not in msg   # the other tasks stayed finite
@@ -139,13 +139,13 @@ def test_nan_stops_with_step_and_terms_and_keeps_last_checkpoint(
 
 
 def test_init_from_weight_directory(tmp_path):
-  cfg = th.micro_config(steps=3)
+  cfg = th.micro_config(per_task=1, steps=3)
   start = UPOCR(cfg, rngs=nnx.Rngs(123))
   weights.save_weights(str(tmp_path / "w"), start)
   cfg.init_from = str(tmp_path / "w")
   # lr 0: the trained params must equal the imported ones exactly.
   cfg.optim.lr = cfg.optim.warmup_init_lr = cfg.optim.min_lr = 0.0
-  train.run(cfg, str(tmp_path / "run"))
+  train.run(cfg, str(tmp_path / "run"), devices=jax.devices()[:1])
   got = weights.load_weights(str(tmp_path / "run"))
   want = nnx.to_flat_state(nnx.state(start, nnx.Param))
   have = dict(nnx.to_flat_state(nnx.state(got, nnx.Param)))
