@@ -101,29 +101,28 @@ class Checkpointer:
     self.manager.close()
 
 
-def read_params(workdir: str, abstract_params: Any,
-                step: int | None = None) -> tuple[Any, dict, int]:
-  """(params, config dict, step) of a run's latest (or given) checkpoint."""
+def _restore_items(workdir: str, step: int | None, **items) -> tuple[dict, int]:
+  """Restores the named items of a run's latest (or given) checkpoint."""
   with _manager(workdir, ocp.CheckpointManagerOptions(
       create=False, read_only=True)) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{checkpoint_dir(workdir)} has no checkpoint")
-    out = mngr.restore(step, args=ocp.args.Composite(
-        params=_restore(abstract_params),
-        config=ocp.args.JsonRestore()))
+    return mngr.restore(step, args=ocp.args.Composite(**items)), step
+
+
+def read_params(workdir: str, abstract_params: Any,
+                step: int | None = None) -> tuple[Any, dict, int]:
+  """(params, config dict, step) of a run's latest (or given) checkpoint."""
+  out, step = _restore_items(workdir, step, params=_restore(abstract_params),
+                             config=ocp.args.JsonRestore())
   return out["params"], out["config"], step
 
 
 def read_config(workdir: str, step: int | None = None) -> dict:
   """The full config a run's latest (or given) checkpoint was written with."""
-  with _manager(workdir, ocp.CheckpointManagerOptions(
-      create=False, read_only=True)) as mngr:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{checkpoint_dir(workdir)} has no checkpoint")
-    return mngr.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"]
+  return _restore_items(workdir, step, config=ocp.args.JsonRestore())[0][
+      "config"]
 
 
 def abstract_like(tree: Any) -> Any:

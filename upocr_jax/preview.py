@@ -67,9 +67,14 @@ def grid(samples: dict[str, np.ndarray], preds: np.ndarray,
 
 
 def write_preview(model, config: ml_collections.ConfigDict, workdir: str,
-                  step: int, is_main: bool = True) -> str | None:
-  """Runs the model on the fixed samples; process 0 writes the PNG."""
-  samples = fixed_samples(config)
+                  step: int, is_main: bool = True,
+                  samples: dict[str, np.ndarray] | None = None) -> str | None:
+  """Runs the model on the fixed samples; process 0 writes the PNG.
+
+  ``samples``: ``fixed_samples(config)``, read once by callers that preview
+  repeatedly.
+  """
+  samples = fixed_samples(config) if samples is None else samples
   preds = np.asarray(jax.device_get(
       _predict(model, jnp.asarray(samples["image"]),
                jnp.asarray(samples["task_id"]))))

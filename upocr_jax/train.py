@@ -290,6 +290,7 @@ class _Hooks:
   def __init__(self, config, workdir, mesh, setup, is_main):
     self.config, self.workdir, self.mesh = config, workdir, mesh
     self.setup, self.is_main = setup, is_main
+    self._samples = None
 
   def _model(self, params):
     return nnx.merge(self.setup.graphdef, params)
@@ -298,8 +299,11 @@ class _Hooks:
     t = self.config.train
     if t.preview_every and (step % t.preview_every == 0 or last_step):
       from upocr_jax import preview  # pylint: disable=g-import-not-at-top
+      if self._samples is None:  # the same images all run long: read once
+        self._samples = preview.fixed_samples(self.config)
       path = preview.write_preview(self._model(params), self.config,
-                                   self.workdir, step, self.is_main)
+                                   self.workdir, step, self.is_main,
+                                   self._samples)
       if path:
         logging.info("preview: %s", path)
     if (t.eval_every and step % t.eval_every == 0) or (last_step and
