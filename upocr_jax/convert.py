@@ -5,11 +5,17 @@ Python::
   model = convert.load_official("upocr.pth", config.model)
   model, vgg = convert.load_official("upocr.pth", config.model, return_vgg=True)
   vgg = convert.load_vgg("vgg16-397923af.pth")     # torchvision state dict
+  inception = convert.load_inception("pt_inception-2015-12-05-6726825d.pth")
 
 Command line (writes a weight directory, see ``upocr_jax.weights``)::
 
   python -m upocr_jax.convert --checkpoint upocr.pth \\
       --config configs/upocr.py:paper --out weights/upocr_paper
+
+pytorch-fid's FID Inception weights, to .npz for machines without torch::
+
+  python -m upocr_jax.convert \\
+      --inception pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
 Sources: a ``.pth``/``.pt`` file (needs torch: ``pip install upocr_jax[torch]``),
 ``.npz``, ``.safetensors``, or a mapping key -> array. The official
@@ -31,7 +37,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from upocr_jax.models import UPOCR, VGG16Features
+from upocr_jax.models import FIDInceptionV3, UPOCR, VGG16Features
 from upocr_jax.models.vgg import FrozenParam
 
 _BUFFERS = ("relative_coords_table", "relative_position_index")
@@ -291,6 +297,97 @@ def load_vgg(source: str | os.PathLike | Mapping[str, Any], *,
 
 
 # ----------------------------------------------------------------------------
+# FID Inception (pytorch-fid weights)
+# ----------------------------------------------------------------------------
+# The classifier (1008 classes in the FID weights) is not part of the feature
+# network; BatchNorm counters and torchvision's auxiliary head are never used.
+_INCEPTION_UNUSED_PREFIXES = ("fc.", "AuxLogits.")
+_INCEPTION_UNUSED_SUFFIXES = ("num_batches_tracked",)
+_FID_NUM_CLASSES = 1008
+
+
+def inception_key(path: tuple[Any, ...]) -> str:
+  """The pytorch-fid state-dict key of an ``FIDInceptionV3`` parameter path."""
+  parts = [str(p) for p in path]
+  if parts[-1] == "kernel":
+    parts[-1] = "weight"
+  return ".".join(parts)
+
+
+def load_inception(source: str | os.PathLike | Mapping[str, Any], *,
+                   strict: bool = True) -> FIDInceptionV3:
+  """The FID Inception network holding pytorch-fid's weights.
+
+  Args:
+    source: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (needs
+      torch), or an .npz / .safetensors with the same keys (as
+      ``convert_inception`` writes), or a mapping key -> array.
+    strict: raise on any missing, unexpected or mis-shaped key (naming each).
+
+  Returns:
+    An ``FIDInceptionV3`` (see ``upocr_jax.fid`` for the matching input
+    pipeline).
+  """
+  name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+  try:
+    sd = read_state_dict(source)
+  except ImportError as e:
+    raise ImportError(
+        f"reading {name} needs torch, which is not installed. Convert it once "
+        "on a machine with torch: python -m upocr_jax.convert --inception "
+        f"{name} --out inception_fid.npz, and pass the .npz instead") from e
+  fc = sd.get("fc.weight")
+  if fc is not None and fc.shape[0] != _FID_NUM_CLASSES:
+    # Torchvision's ImageNet Inception has the same layer shapes but other
+    # weights; FIDs from it are not comparable with pytorch-fid's.
+    raise ValueError(f"{name}: fc.weight has {fc.shape[0]} classes, the FID "
+                     f"Inception has {_FID_NUM_CLASSES}; these are not "
+                     "pytorch-fid's pt_inception-2015-12-05 weights")
+  report = LoadReport()
+  consumed: set[str] = set()
+  model = _fill(_build(lambda: FIDInceptionV3(rngs=nnx.Rngs(0)), strict),
+                FrozenParam, sd, inception_key, report, consumed)
+  for k in sd:
+    if k in consumed:
+      continue
+    unused = (k.startswith(_INCEPTION_UNUSED_PREFIXES)
+              or k.endswith(_INCEPTION_UNUSED_SUFFIXES))
+    (report.ignored if unused else report.unexpected).append(k)
+  _finish(report, strict, name)
+  return model
+
+
+def inception_state_dict(model: FIDInceptionV3) -> dict[str, np.ndarray]:
+  """The feature network's weights as pytorch-fid keys and layouts (float32)."""
+  out = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, FrozenParam)):
+    key = inception_key(path)
+    out[key] = _to_torch_layout(key, np.asarray(var[...], np.float32))
+  return out
+
+
+def convert_inception(source: str | os.PathLike, out: str | os.PathLike) -> int:
+  """Checks pytorch-fid Inception weights and writes them as .npz/.safetensors.
+
+  Only the feature network is written (no classifier). Returns the number of
+  tensors written.
+  """
+  out = os.fspath(out)
+  ext = os.path.splitext(out)[1].lower()
+  if ext not in (".npz", ".safetensors"):
+    raise ValueError(f"--out {out}: expected a .npz or .safetensors file name")
+  if os.path.exists(out):
+    raise FileExistsError(f"{out} already exists")
+  sd = inception_state_dict(load_inception(source))
+  if ext == ".npz":
+    np.savez(out, **sd)
+  else:
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, out)
+  return len(sd)
+
+
+# ----------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------
 def _define_flags():
@@ -300,12 +397,22 @@ def _define_flags():
       "config", None, "Config file whose config.model matches the checkpoint, "
       "e.g. configs/upocr.py:paper.", lock_config=True)
   flags.DEFINE_string("checkpoint", None, "Official .pth/.npz/.safetensors.")
-  flags.DEFINE_string("out", None, "Output weight directory (must not exist).")
+  flags.DEFINE_string("out", None, "Output weight directory (must not exist); "
+                      "with --inception, the .npz/.safetensors file to write.")
   flags.DEFINE_string("vgg", None, "Optional torchvision VGG16 state dict, for "
                       "checkpoints without vgg16.* keys.")
   flags.DEFINE_bool("strict", True, "Fail on missing/unexpected/mis-shaped "
                     "keys (--nostrict: report them and keep initial values).")
-  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+  flags.DEFINE_string("inception", None, "Instead of a UPOCR checkpoint, "
+                      "convert pytorch-fid's FID Inception weights "
+                      "(pt_inception-2015-12-05-6726825d.pth) to --out, for "
+                      "upocr-eval --inception-weights without torch.")
+  flags.mark_flag_as_required("out")
+  flags.register_multi_flags_validator(
+      ["config", "checkpoint", "inception"],
+      lambda v: v["inception"] is not None or (v["config"] is not None
+                                               and v["checkpoint"] is not None),
+      message="--config and --checkpoint are required (unless --inception)")
 
 
 def _main(argv) -> None:
@@ -314,6 +421,10 @@ def _main(argv) -> None:
   if len(argv) > 1:
     raise SystemExit(f"upocr-convert: unexpected arguments {argv[1:]}")
   f = flags.FLAGS
+  if f.inception:
+    n = convert_inception(f.inception, f.out)
+    print(f"Wrote {f.out}: FID Inception feature network, {n} tensors.")
+    return
   logging.info("Reading %s", f.checkpoint)
   model, vgg = load_official(f.checkpoint, f.config.model, strict=f.strict,
                              return_vgg=True)

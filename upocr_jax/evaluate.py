@@ -11,7 +11,8 @@ full-resolution output clamped to [0, 1], then
 * text removal: the output quantised as the official code saved it
   (``(x * 255).astype(uint8)``) and compared at the model size with the ground
   truth resized the same way (SCUT-EnsText test images are 512x512 already, so
-  this is the original resolution for the paper's setting);
+  this is the original resolution for the paper's setting); FID (pytorch-fid's
+  pipeline, see upocr_jax.fid) only with ``--inception_weights``;
 * text segmentation / tampered text detection: the float output resized
   bilinearly to the label's original size inside the metrics (threshold 0.4 on
   the channel mean / argmax over channels), one confusion matrix per set.
@@ -97,7 +98,7 @@ def _merge_processes(acc) -> None:
     return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
   if isinstance(acc, metrics_lib.TextRemovalMetrics):
     if acc.feature_extractor is not None:
-      raise NotImplementedError("FID over several processes is not supported")
+      acc.set_features(*map(_gather_rows, acc.features()))
     # metrics.py has no merge API; its sums/counts are plain attributes.
     sums = acc._sums  # pylint: disable=protected-access
     keys = sorted(sums)
@@ -107,6 +108,17 @@ def _merge_processes(acc) -> None:
   else:
     acc.confusion_matrix = allsum(acc.confusion_matrix).astype(np.int64)
     acc.num_images = int(allsum(acc.num_images))
+
+
+def _gather_rows(x: np.ndarray) -> np.ndarray:
+  """Every process's (n_p, D) rows, concatenated (n_p may differ; n_p=0 ok)."""
+  shapes = np.asarray(multihost_utils.process_allgather(
+      np.asarray(x.shape, np.int64))).reshape(-1, 2)
+  n, d = int(shapes[:, 0].max()), int(shapes[:, 1].max())
+  padded = np.zeros((n, d), np.float64)
+  padded[:x.shape[0], :x.shape[1]] = x
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, n, d)
+  return np.concatenate([r[:k] for r, k in zip(rows, shapes[:, 0])])
 
 
 def _stem(name: str) -> str:
@@ -293,8 +305,15 @@ def define_flags(fv: flags.FlagValues,
                     "standard: real multi-scale SSIM.", flag_values=fv)
   flags.DEFINE_float("seg_threshold", 0.4, "Text segmentation threshold.",
                      flag_values=fv)
+  flags.DEFINE_string("inception_weights", None, "pytorch-fid's FID Inception "
+                      "weights (pt_inception-2015-12-05-6726825d.pth, or the "
+                      ".npz that upocr-convert --inception writes): text "
+                      "removal then reports FID as pytorch-fid computes it; "
+                      "without them FID is not computed.", flag_values=fv)
+  flags.DEFINE_integer("fid_batch_size", 32, "Images per Inception call.",
+                       flag_values=fv)
   for name in ("save_predictions", "output_dir", "max_examples", "mssim_mode",
-               "seg_threshold"):
+               "seg_threshold", "inception_weights", "fid_batch_size"):
     flags.DEFINE_alias(name.replace("_", "-"), name, flag_values=fv)
 
 
@@ -329,7 +348,7 @@ def format_table(results: dict[str, dict]) -> str:
     for k, v in res.items():
       if k in ("task", "dataset") or v is None or isinstance(v, str):
         continue
-      x100 = ("" if k in ("psnr", "age") or k in _NON_METRICS or
+      x100 = ("" if k in ("psnr", "age", "fid") or k in _NON_METRICS or
               isinstance(v, int) else f"{100 * v:10.2f}")
       lines.append(f"{task:<26}{k:<22}{v:>12.6g}{x100:>10}")
   return "\n".join(lines)
@@ -356,16 +375,28 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
   if fv.task:
     tasks = (inference.canonical_task(fv.task, list(tasks)),)
   out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
+  extractor = None
+  if fv.inception_weights:
+    if "text removal" in tasks:
+      # Loaded before the evaluation, so bad weights fail before any work.
+      from upocr_jax import fid  # pylint: disable=g-import-not-at-top
+      extractor = fid.InceptionFeatureExtractor(
+          fv.inception_weights, batch_size=fv.fid_batch_size)
+    else:
+      logging.warning("--inception_weights: FID is a text removal metric; "
+                      "%s has none, ignoring it", fv.dataset)
   results = evaluate_dataset(
       model, config, fv.dataset, tasks, max_examples=fv.max_examples,
       save_dir=(os.path.join(out_dir, "predictions") if fv.save_predictions
                 else None),
       mesh=cli_mesh(model, config), mssim_mode=fv.mssim_mode,
-      seg_threshold=fv.seg_threshold)
+      seg_threshold=fv.seg_threshold, feature_extractor=extractor)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     report = {"dataset": fv.dataset,
               "checkpoint": os.path.abspath(fv.checkpoint),
+              "inception_weights": (os.path.abspath(fv.inception_weights)
+                                    if extractor is not None else None),
               "results": {t: {k: _clean(v) for k, v in r.items()}
                           for t, r in results.items()}}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

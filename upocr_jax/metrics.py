@@ -26,7 +26,8 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     'text_removal_metrics', 'TextRemovalMetrics', 'SegmentationMetrics',
-    'TamperMetrics', 'ms_ssim', 'resize_bilinear', 'frechet_distance',
+    'TamperMetrics', 'ms_ssim', 'resize_bilinear', 'bilinear_taps',
+    'frechet_distance',
     'to_uint8_like_official', 'MSSIM_WEIGHTS', 'FID_NOT_COMPUTED'
 ]
 
@@ -202,8 +203,12 @@ def text_removal_metrics(pred: ArrayLike, gt: ArrayLike,
 def frechet_distance(feats1: ArrayLike, feats2: ArrayLike) -> float:
   """Fréchet distance between Gaussians fitted to two NxD feature sets (FID).
 
-  tr(sqrt(S1 S2)) is computed as the sum of square roots of the eigenvalues of the
-  symmetric sqrt(S1) S2 sqrt(S1), which needs no scipy.linalg.sqrtm.
+  tr(sqrt(S1 S2)) needs no scipy.linalg.sqrtm: with fewer images than feature
+  dimensions (the usual case: 2048-d Inception features) it is the nuclear norm
+  of A B^T / sqrt((n1 - 1)(n2 - 1)) for the centred features A, B (S1 S2 has
+  the eigenvalues of that matrix times its transpose), an n1 x n2 SVD;
+  otherwise the sum of square roots of the eigenvalues of the symmetric
+  sqrt(S1) S2 sqrt(S1).
   """
   f1, f2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
   if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
@@ -211,24 +216,36 @@ def frechet_distance(feats1: ArrayLike, feats2: ArrayLike) -> float:
   if len(f1) < 2 or len(f2) < 2:
     raise ValueError('FID needs at least two images per set')
   mu1, mu2 = f1.mean(0), f2.mean(0)
-  s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-  ev, vec = np.linalg.eigh(s1)
-  root1 = (vec * np.sqrt(np.clip(ev, 0, None))) @ vec.T
-  m = root1 @ s2 @ root1
-  tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-  return float(np.sum((mu1 - mu2)**2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+  (n1, d), n2 = f1.shape, len(f2)
+  if n1 * n2 <= d * d:
+    a, b = f1 - mu1, f2 - mu2
+    tr1, tr2 = np.sum(a * a) / (n1 - 1), np.sum(b * b) / (n2 - 1)
+    tr_sqrt = (np.linalg.svd(a @ b.T, compute_uv=False).sum()
+               / np.sqrt((n1 - 1) * (n2 - 1)))
+  else:
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    tr1, tr2 = np.trace(s1), np.trace(s2)
+    ev, vec = np.linalg.eigh(s1)
+    root1 = (vec * np.sqrt(np.clip(ev, 0, None))) @ vec.T
+    m = root1 @ s2 @ root1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+  return float(np.sum((mu1 - mu2)**2) + tr1 + tr2 - 2 * tr_sqrt)
 
 
 class TextRemovalMetrics:
   """Dataset-level text-removal metrics, averaged as the official script does.
 
   Images whose MSE is exactly 0 are skipped for every average (the script
-  ``continue``s before counting them). FID is only computed when a
-  ``feature_extractor`` (e.g. an Inception network the user supplies) is given: a
-  callable mapping an HxWx3 uint8 image to a 1-D feature vector; otherwise it is
-  reported as None with a note, never made up. ``result()`` returns the averaged
-  psnr, mse, mssim, age, peps, pceps, plus mssim_mode, num_images,
-  num_skipped_identical, fid and fid_note.
+  ``continue``s before counting them; FID, computed on all saved files, still
+  sees them). FID is only computed when a ``feature_extractor`` (e.g.
+  ``upocr_jax.fid.InceptionFeatureExtractor`` with Inception weights the user
+  supplies) is given: a callable mapping an HxWx3 uint8 image to a 1-D feature
+  vector. If it also has ``extract_batch(images) -> NxD`` and a ``batch_size``,
+  images are buffered and sent that many at a time (an Inception pass per
+  image is slow). Without an extractor FID is reported as None with a note,
+  never made up. ``result()`` returns the averaged psnr, mse, mssim, age,
+  peps, pceps, plus mssim_mode, num_images, num_skipped_identical, fid and
+  fid_note.
   """
 
   def __init__(self, mssim_mode: str = 'official',
@@ -245,6 +262,7 @@ class TextRemovalMetrics:
     self.count = 0
     self.skipped = 0
     self._feats = ([], [])
+    self._pending = ([], [])
 
   def update(self, pred: ArrayLike, gt: ArrayLike) -> dict:
     """Adds one image pair; returns its per-image metrics."""
@@ -256,8 +274,10 @@ class TextRemovalMetrics:
       p = p if p.dtype == np.uint8 else to_uint8_like_official(p)
       if g.dtype != np.uint8:
         g = np.round(np.clip(g, 0, 1) * 255).astype(np.uint8)
-      for store, img in zip(self._feats, (p, g)):
-        store.append(np.asarray(self.feature_extractor(img), np.float64).ravel())
+      self._pending[0].append(p)
+      self._pending[1].append(g)
+      if len(self._pending[0]) >= getattr(self.feature_extractor, 'batch_size', 1):
+        self._flush_features()
     if m['mse'] == 0:
       self.skipped += 1
       return m
@@ -265,6 +285,28 @@ class TextRemovalMetrics:
     for k in self._sums:
       self._sums[k] += m[k]
     return m
+
+  def _flush_features(self) -> None:
+    fe = self.feature_extractor
+    for store, images in zip(self._feats, self._pending):
+      if not images:
+        continue
+      if hasattr(fe, 'extract_batch'):
+        feats = np.asarray(fe.extract_batch(images), np.float64)
+      else:
+        feats = np.stack([np.asarray(fe(img), np.float64).ravel() for img in images])
+      store.extend(feats.reshape(len(images), -1))
+      images.clear()
+
+  def features(self) -> tuple[np.ndarray, np.ndarray]:
+    """The (prediction, ground truth) feature sets so far, each NxD float64."""
+    self._flush_features()
+    return tuple(np.stack(f) if f else np.zeros((0, 0)) for f in self._feats)
+
+  def set_features(self, pred_feats: ArrayLike, gt_feats: ArrayLike) -> None:
+    """Replaces both feature sets (e.g. with those gathered over processes)."""
+    self._flush_features()
+    self._feats = tuple(list(np.asarray(f, np.float64)) for f in (pred_feats, gt_feats))
 
   def result(self) -> dict:
     """Averages over the counted images (NaN when there are none)."""
@@ -275,12 +317,33 @@ class TextRemovalMetrics:
     if self.feature_extractor is None:
       out.update(fid=None, fid_note=FID_NOT_COMPUTED)
     else:
-      out.update(fid=frechet_distance(np.stack(self._feats[0]),
-                                      np.stack(self._feats[1])), fid_note='')
+      pred_feats, gt_feats = self.features()
+      if min(len(pred_feats), len(gt_feats)) < 2:
+        out.update(fid=None, fid_note='not computed: FID needs at least two '
+                   'images per set')
+      else:
+        out.update(fid=frechet_distance(pred_feats, gt_feats), fid_note='')
     return out
 
 
 # ------------------------------------------------------------ segmentation maps
+
+
+def bilinear_taps(n_in: int, n_out: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices and weights of torch's bilinear resize along one axis.
+
+  ``align_corners=False``, no antialiasing: source coordinate
+  (dst + 0.5) * n_in / n_out - 0.5 clamped at 0, float32 arithmetic.
+
+  Returns:
+    (i0, i1, w0, w1): output j is w0[j] * x[i0[j]] + w1[j] * x[i1[j]].
+  """
+  scale = np.float32(n_in) / np.float32(n_out)
+  src = np.maximum((np.arange(n_out, dtype=np.float32) + 0.5) * scale - 0.5, 0)
+  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  lam = np.clip(src - i0.astype(np.float32), 0, 1)
+  return i0, np.minimum(i0 + 1, n_in - 1), 1 - lam, lam
 
 
 def resize_bilinear(image: ArrayLike, out_h: int, out_w: int) -> np.ndarray:
@@ -290,18 +353,10 @@ def resize_bilinear(image: ArrayLike, out_h: int, out_w: int) -> np.ndarray:
   clamped at 0, float32 arithmetic.
   """
   x = np.asarray(image, np.float32)
-
-  def taps(n_in, n_out):
-    scale = np.float32(n_in) / np.float32(n_out)
-    src = np.maximum((np.arange(n_out, dtype=np.float32) + 0.5) * scale - 0.5, 0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    lam = np.clip(src - i0.astype(np.float32), 0, 1)
-    return i0, np.minimum(i0 + 1, n_in - 1), 1 - lam, lam
-
   if x.shape[:2] == (out_h, out_w):
     return x
-  h0, h1, hl0, hl1 = taps(x.shape[0], out_h)
-  w0, w1, wl0, wl1 = taps(x.shape[1], out_w)
+  h0, h1, hl0, hl1 = bilinear_taps(x.shape[0], out_h)
+  w0, w1, wl0, wl1 = bilinear_taps(x.shape[1], out_w)
   wl0, wl1 = wl0[:, None], wl1[:, None]
   cols = wl0 * x[:, w0] + wl1 * x[:, w1]  # width first, as torch's kernel nests it
   return hl0[:, None, None] * cols[h0] + hl1[:, None, None] * cols[h1]
