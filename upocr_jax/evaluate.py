@@ -24,6 +24,7 @@ all three tasks on the held-out synthetic split (``config.data.synthetic``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from PIL import Image
 from input_pipeline import pipeline
 from upocr_jax import inference
 from upocr_jax import metrics as metrics_lib
+from upocr_jax import sharding
 from upocr_jax.models import UPOCR
 
 TASKS = ("text removal", "tampered text detection", "text segmentation")
@@ -157,7 +159,7 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
   cfg = dataset_config(config, task, dataset)
   if mesh is None and jax.process_count() > 1:
     raise ValueError("evaluate: pass the mesh when running on several processes")
-  spec = None
+  spec, axes = None, ()
   if mesh is not None:
     axes = tuple(batch_axes or mesh.axis_names[:1])
     spec = P(axes)
@@ -206,8 +208,10 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     ids = np.full(len(batch["image"]), model_task_id, np.int32)
     # Dispatch is asynchronous: the device runs this batch while the host
     # computes the metrics of the previous one.
-    out = inference.forward(model, _put(batch["image"], mesh, spec),
-                            _put(ids, mesh, spec))
+    with (sharding.mesh_context(mesh, axes) if mesh is not None
+          else contextlib.nullcontext()):
+      out = inference.forward(model, _put(batch["image"], mesh, spec),
+                              _put(ids, mesh, spec))
     if pending is not None:
       consume(*pending)
     pending = (batch, out)

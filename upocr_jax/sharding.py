@@ -13,8 +13,9 @@ along them instead; every such case is logged once (at start-up) by name.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -22,6 +23,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from upocr_jax.models import layers
 
 
 class ShardingConfigError(ValueError):
@@ -139,3 +142,14 @@ def num_batch_shards(mesh: Mesh, config: ml_collections.ConfigDict) -> int:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, batch_axes: Sequence[str]) -> Iterator[None]:
+  """``jax.set_mesh(mesh)`` plus the model's activation batch axes.
+
+  Code traced inside pins the batch dimension of the model's activations to
+  ``batch_axes`` at every stage boundary (``layers.shard_batch``).
+  """
+  with jax.set_mesh(mesh), layers.batch_axes_context(batch_axes):
+    yield

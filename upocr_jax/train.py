@@ -214,7 +214,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   key = jax.random.key(config.seed)
   hooks = _Hooks(config, workdir, mesh, setup, is_main)
   try:
-    with _Preemption() as preempt, jax.set_mesh(mesh):
+    with _Preemption() as preempt, sharding.mesh_context(
+        mesh, config.sharding.batch_axes):
       last = _loop(config, step_fn, params, opt_state, vgg_params, data_iter,
                    ckpt, writer, hooks, preempt, mesh, layout, start, key,
                    is_main)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from upocr_jax.models.encoder import drop_path_schedule
-from upocr_jax.models.layers import Conv2d, LayerNorm
+from upocr_jax.models.layers import Conv2d, LayerNorm, shard_batch
 from upocr_jax.models.swinv2 import SwinStage
 
 Array = jax.Array
@@ -73,9 +73,11 @@ class SwinV2Decoder(nnx.Module):
       if i < NUM_LATERALS:
         skip = enc_feats[-i - 2]
         for conv in self.lateral_connection_list[i]:
-          skip = conv(skip)
+          # Pinned like the stages' maps (see layers.shard_batch): the
+          # kernel gradients of these convs were wrong on (2,2,2) meshes.
+          skip = shard_batch(conv(skip))
         x = x + skip
       if i >= first_out:
         y = self.out_norms[i - first_out](x)
-        outputs.append(heads[i - first_out](y).astype(jnp.float32))
+        outputs.append(shard_batch(heads[i - first_out](y)).astype(jnp.float32))
     return tuple(outputs)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from upocr_jax.models.layers import Dense, LayerNorm, drop_path, param, zeros
+from upocr_jax.models.layers import (Dense, LayerNorm, drop_path, param,
+                                     shard_batch, zeros)
 
 Array = jax.Array
 # float32 log(100), the clamp of the official code (torch.log(tensor(1/0.01))).
@@ -150,7 +151,9 @@ class WindowAttention(nnx.Module):
     h = self.num_heads
     zero_k = jnp.zeros_like(self.q_bias[...])
     qkv_bias = jnp.concatenate([self.q_bias[...], zero_k, self.v_bias[...]])
-    qkv = self.qkv(x) + qkv_bias.astype(self.dtype)
+    # Named scopes label the profile and FLOP counts (benchmarks/).
+    with jax.named_scope("attn_linear"):
+      qkv = self.qkv(x) + qkv_bias.astype(self.dtype)
     qkv = qkv.reshape(b, nw, n, 3, h, c // h)
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
 
@@ -161,15 +164,18 @@ class WindowAttention(nnx.Module):
       sq = jnp.sum(t * t, axis=-1, keepdims=True)
       return (t * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))).astype(self.dtype)
 
-    attn = jnp.einsum("bwnhd,bwmhd->bwhnm", normalize(q), normalize(k),
-                      preferred_element_type=jnp.float32)
-    scale = jnp.exp(jnp.minimum(self.logit_scale[...], _LOGIT_CLAMP))
-    attn = attn * scale[:, None, None] + self.position_bias()
-    if mask is not None:
-      attn = attn + jnp.asarray(mask)[None, :, None]
-    attn = jax.nn.softmax(attn, axis=-1)
-    out = jnp.einsum("bwhnm,bwmhd->bwnhd", attn.astype(self.dtype), v)
-    return self.proj(out.reshape(b, nw, n, c))
+    bias = self.position_bias()
+    with jax.named_scope("attn_scores"):
+      attn = jnp.einsum("bwnhd,bwmhd->bwhnm", normalize(q), normalize(k),
+                        preferred_element_type=jnp.float32)
+      scale = jnp.exp(jnp.minimum(self.logit_scale[...], _LOGIT_CLAMP))
+      attn = attn * scale[:, None, None] + bias
+      if mask is not None:
+        attn = attn + jnp.asarray(mask)[None, :, None]
+      attn = jax.nn.softmax(attn, axis=-1)
+      out = jnp.einsum("bwhnm,bwmhd->bwnhd", attn.astype(self.dtype), v)
+    with jax.named_scope("attn_linear"):
+      return self.proj(out.reshape(b, nw, n, c))
 
 
 class Mlp(nnx.Module):
@@ -181,7 +187,8 @@ class Mlp(nnx.Module):
     self.fc2 = Dense(hidden, dim, rngs=rngs, axes=("mlp", "embed"), dtype=dtype)
 
   def __call__(self, x: Array) -> Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    with jax.named_scope("mlp"):
+      return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
 class SwinBlock(nnx.Module):
@@ -285,10 +292,12 @@ class SwinStage(nnx.Module):
 
     if self.remat:
       run = nnx.remat(run)
+    x = shard_batch(x)
     for i, block in enumerate(self.blocks):
       x = run(block, x, None if key is None else jax.random.fold_in(key, i))
+    x = shard_batch(x)
     if self.downsample is not None:
-      return x, self.downsample(x)
+      return x, shard_batch(self.downsample(x))
     if self.upsample is not None:
-      return x, self.upsample(x)
+      return x, shard_batch(self.upsample(x))
     return x, x
