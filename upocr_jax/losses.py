@@ -293,8 +293,9 @@ def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
       # example by example (not concatenated) so that each data shard's block
       # holds its own 3k images. The target's features need no gradient.
       x = jnp.stack([out, comp, jax.lax.stop_gradient(gt)], axis=1)
-      feats = [f.reshape((n, 3) + f.shape[1:])
-               for f in vgg(x.reshape((3 * n,) + out.shape[1:]))]
+      with jax.named_scope("vgg"):
+        feats = [f.reshape((n, 3) + f.shape[1:])
+                 for f in vgg(x.reshape((3 * n,) + out.shape[1:]))]
       prc, style = perceptual_and_style([f[:, 0] for f in feats],
                                         [f[:, 1] for f in feats],
                                         [f[:, 2] for f in feats])
