@@ -43,7 +43,8 @@ class SwinV2Decoder(nnx.Module):
     self.layers = nnx.List([
         SwinStage(embed // 2**i, d.depths[i], d.num_heads[i], d.window_size,
                   d.pretrained_window_size, dpr[i], cfg.mlp_ratio,
-                  cfg.mask_padding, cfg.remat, "split", rngs=rngs, dtype=dtype)
+                  cfg.mask_padding, cfg.remat, "split", rngs=rngs, dtype=dtype,
+                  scan=cfg.get("scan_blocks", False))
         for i in range(n)])
     out_dims = [embed // 2**(i + 1) for i in range(n)]
     self.lateral_connection_list = nnx.List([

@@ -49,7 +49,8 @@ class SwinV2Encoder(nnx.Module):
         SwinStage(e.embed_dim * 2**i, e.depths[i], e.num_heads[i],
                   e.window_size, e.pretrained_window_size, dpr[i],
                   cfg.mlp_ratio, cfg.mask_padding, cfg.remat,
-                  "merge" if i < n - 1 else None, rngs=rngs, dtype=dtype)
+                  "merge" if i < n - 1 else None, rngs=rngs, dtype=dtype,
+                  scan=cfg.get("scan_blocks", False))
         for i in range(n)])
     self.norms = nnx.List([LayerNorm(e.embed_dim * 2**i, rngs=rngs)
                            for i in range(n)])

@@ -125,15 +125,19 @@ class Conv2d(nnx.Module):
     return y + self.bias[...].astype(self.dtype)
 
 
-def drop_path(x: Array, rate: float, key: Array | None,
-              deterministic: bool) -> Array:
-  """Stochastic depth: drops whole samples of a residual branch."""
-  if deterministic or rate == 0.0:
+def drop_path(x: Array, rate: float, key: Array | None, deterministic: bool,
+              keep_prob: Array | None = None) -> Array:
+  """Stochastic depth: drops whole samples of a residual branch.
+
+  ``keep_prob``, when given, replaces ``1 - rate`` (a traced value: scanned
+  blocks get theirs as data, computed on the host as the loop computes it).
+  """
+  if deterministic or (keep_prob is None and rate == 0.0):
     return x
   if key is None:
     raise ValueError("drop_path needs a PRNG key when deterministic=False; "
                      "pass rng= to the model call")
-  keep = 1.0 - rate
+  keep = 1.0 - rate if keep_prob is None else keep_prob
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
   mask = jax.random.bernoulli(key, keep, shape)
   return jnp.where(mask, x / keep, jnp.zeros_like(x))

@@ -210,7 +210,10 @@ class SwinBlock(nnx.Module):
     self.norm2 = LayerNorm(dim, rngs=rngs, scale_init=zeros)
 
   def __call__(self, x: Array, key: Array | None = None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True,
+               keep_prob: Array | None = None) -> Array:
+    """``keep_prob`` overrides 1 - drop_path_rate (scanned blocks)."""
+    rate = self.drop_path_rate
     b, h, w, c = x.shape
     ws, s = self.window, self.shift
     hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
@@ -226,9 +229,9 @@ class SwinBlock(nnx.Module):
     k1 = k2 = None
     if key is not None:
       k1, k2 = jax.random.split(key)
-    x = x + drop_path(self.norm1(y), self.drop_path_rate, k1, deterministic)
-    return x + drop_path(self.norm2(self.mlp(x)), self.drop_path_rate, k2,
-                         deterministic)
+    x = x + drop_path(self.norm1(y), rate, k1, deterministic, keep_prob)
+    return x + drop_path(self.norm2(self.mlp(x)), rate, k2, deterministic,
+                         keep_prob)
 
 
 class PatchMerging(nnx.Module):
@@ -271,8 +274,11 @@ class SwinStage(nnx.Module):
   def __init__(self, dim: int, depth: int, num_heads: int, window: int,
                pretrained_window: int, drop_path_rates: list[float],
                mlp_ratio: float, mask_padding: bool, remat: bool,
-               resample: str | None, *, rngs: nnx.Rngs, dtype=jnp.float32):
+               resample: str | None, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               scan: bool = False):
     self.remat = remat
+    self.scan = scan
+    self.drop_path_rates = tuple(float(r) for r in drop_path_rates)
     self.blocks = nnx.List([
         SwinBlock(dim, num_heads, window, pretrained_window,
                   0 if i % 2 == 0 else window // 2, drop_path_rates[i],
@@ -286,18 +292,51 @@ class SwinStage(nnx.Module):
   def __call__(self, x: Array, key: Array | None = None,
                deterministic: bool = True) -> tuple[Array, Array]:
     """Returns (blocks output, resampled output)."""
-
-    def run(block, x, k):
-      return block(x, k, deterministic)
-
-    if self.remat:
-      run = nnx.remat(run)
     x = shard_batch(x)
-    for i, block in enumerate(self.blocks):
-      x = run(block, x, None if key is None else jax.random.fold_in(key, i))
+    if self.scan and len(self.blocks) >= 4 and len(self.blocks) % 2 == 0:
+      x = self._scanned(x, key, deterministic)
+    else:
+      run = lambda block, x, k: block(x, k, deterministic)  # noqa: E731
+      if self.remat:
+        run = nnx.remat(run)
+      for i, block in enumerate(self.blocks):
+        x = run(block, x, None if key is None else jax.random.fold_in(key, i))
     x = shard_batch(x)
     if self.downsample is not None:
       return x, shard_batch(self.downsample(x))
     if self.upsample is not None:
       return x, shard_batch(self.upsample(x))
     return x, x
+
+  def _scanned(self, x: Array, key: Array | None,
+               deterministic: bool) -> Array:
+    """The blocks as a ``lax.scan`` over (unshifted, shifted) pairs.
+
+    XLA then compiles one pair instead of ``depth`` blocks (the paper's
+    18-block stages dominate compile time). The parameters stay one module per
+    block (checkpoints and official weights are unchanged); they are stacked
+    here, and gradients flow back through the stacking. Same keys and rates
+    per block as the loop, so the result is the same.
+    """
+    even, odd = list(self.blocks[0::2]), list(self.blocks[1::2])
+    # Blocks of a parity differ only in drop_path_rate (passed as data).
+    gd_even, gd_odd = nnx.graphdef(even[0]), nnx.graphdef(odd[0])
+    stack = lambda blocks: jax.tree.map(  # noqa: E731
+        lambda *a: jnp.stack(a), *[nnx.state(b) for b in blocks])
+    n = len(self.blocks)
+    # 1 - rate in float64 then float32, exactly as the loop's Python floats.
+    keeps = jnp.asarray(np.float32([1.0 - r for r in self.drop_path_rates])
+                        ).reshape(n // 2, 2)
+    idx = jnp.arange(n, dtype=jnp.uint32).reshape(n // 2, 2)
+
+    def pair(x, xs):
+      st_even, st_odd, keep, i = xs
+      for gd, st, j in ((gd_even, st_even, 0), (gd_odd, st_odd, 1)):
+        k = None if key is None else jax.random.fold_in(key, i[j])
+        x = nnx.merge(gd, st)(x, k, deterministic, keep[j])
+      return x, None
+
+    if self.remat:  # saves only each pair's input for the backward pass
+      pair = jax.checkpoint(pair)
+    x, _ = jax.lax.scan(pair, x, (stack(even), stack(odd), keeps, idx))
+    return x
