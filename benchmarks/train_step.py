@@ -144,6 +144,25 @@ def build(config, batch_per_task: int):
   return step, args, layout, mesh
 
 
+def abstract_args(config, batch_per_task: int):
+  """(jitted step, arguments as ShapeDtypeStructs, layout, mesh): nothing is
+  initialised, for compiling alone."""
+  for key in losses.TASK_KEYS:
+    config.data[key].batch_size = batch_per_task
+  step, setup, layout, mesh, vgg_graphdef = make_step(config)
+  shape = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype)  # noqa: E731
+  params = jax.tree.map(shape, setup.abstract_params)
+  opt = jax.eval_shape(setup.init_opt_state, setup.abstract_params)
+  vgg = None
+  if vgg_graphdef is not None:
+    vgg = jax.tree.map(shape, nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+        lambda: VGG16Features(rngs=nnx.Rngs(0))))))
+  batch = jax.tree.map(shape, random_batch(config, layout))
+  args = (params, jax.tree.map(shape, opt), vgg, batch,
+          jax.ShapeDtypeStruct((), np.int32), jax.random.key(0))
+  return step, args, layout, mesh
+
+
 def model_flops(config, args) -> dict:
   """Counted FLOPs of the same step without remat (the model's own work)."""
   cfg = ml_collections.ConfigDict(config.to_dict())
@@ -165,6 +184,9 @@ def main() -> None:
   p.add_argument("--matmul_size", type=int, default=4096)
   p.add_argument("--no_count", action="store_true",
                  help="skip the jaxpr FLOP count (it traces the step again)")
+  p.add_argument("--compile_only", action="store_true",
+                 help="lower and compile from abstract arguments, print the "
+                 "compile time and memory estimate, and stop")
   p.add_argument("--profile", default="",
                  help="directory: trace two steps and print a summary of "
                  "where the time goes")
@@ -173,8 +195,11 @@ def main() -> None:
   if config.loss.perceptual or config.loss.style:
     config.loss.vgg_weights = "random"  # only checked for being set
   t = time.perf_counter()
-  step, args, layout, mesh = build(config, a.batch_per_task)
-  jax.block_until_ready(args[:2])
+  if a.compile_only:
+    step, args, layout, mesh = abstract_args(config, a.batch_per_task)
+  else:
+    step, args, layout, mesh = build(config, a.batch_per_task)
+    jax.block_until_ready(args[:2])
   init_s = time.perf_counter() - t
 
   with jax.set_mesh(mesh):
@@ -193,6 +218,14 @@ def main() -> None:
     print(f"compiled in {compile_s:.1f} s (lowering {lower_s:.1f} s); XLA "
           f"memory estimate {need / 2**30:.2f} GiB", file=sys.stderr,
           flush=True)
+    if a.compile_only:
+      print(json.dumps({
+          "benchmark": "train_step_compile", "config": a.config,
+          "overrides": a.set, "batch": layout.batch_size,
+          "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
+          "memory_estimate_bytes": need, "jax": jax.__version__,
+          "date": time.strftime("%Y-%m-%d %H:%M")}), flush=True)
+      return
     avail = _available_bytes()
     if avail and need > 0.95 * avail:
       raise SystemExit(

@@ -105,9 +105,10 @@ def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
     # Also guard the update itself (e.g. a NaN learning rate).
     finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.global_norm(updates)))
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-    new_params = jax.tree.map(keep, new_params, params)
-    new_opt = jax.tree.map(keep, new_opt, opt_state)
+    # One conditional, not a select per leaf: the same result in a smaller
+    # program (compile time).
+    new_params, new_opt = jax.lax.cond(
+        finite, lambda: (new_params, new_opt), lambda: (params, opt_state))
     metrics = {f"loss/{k}": v for k, v in terms.items() if k != "total"}
     metrics.update(loss=total, grad_norm=grad_norm, lr=schedule(step),
                    finite=finite)

@@ -94,6 +94,57 @@ def attention_mask(h: int, w: int, window: int, shift: int,
   return None if mask is None else np.ascontiguousarray(mask)
 
 
+@functools.lru_cache(maxsize=None)
+def attention_mask_parts(h: int, w: int, window: int, shift: int,
+                         mask_padding: bool
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """The compact form of :func:`attention_mask`: (regions, key_valid).
+
+  ``regions`` (nW, N) int32: the shift region of every token (None when not
+  shifted); ``key_valid`` (nW, N) bool: False on zero-padded keys (None unless
+  ``mask_padding`` and the map is padded). :func:`additive_mask` expands them
+  inside the compiled program, where XLA fuses the expansion into the score
+  computation: a dense (nW, N, N) constant would be 67 MB for an 8x8 window
+  on a 512x512 map, read from memory by every shifted block and slow to
+  compile.
+  """
+  hp, wp = -(-h // window) * window, -(-w // window) * window
+  regions = valid = None
+  if shift > 0:
+    grid = np.zeros((hp, wp), np.int32)
+    bounds = ((0, hp - window), (hp - window, hp - shift), (hp - shift, hp))
+    wbounds = ((0, wp - window), (wp - window, wp - shift), (wp - shift, wp))
+    cnt = 0
+    for h0, h1 in bounds:
+      for w0, w1 in wbounds:
+        grid[h0:h1, w0:w1] = cnt
+        cnt += 1
+    regions = np.ascontiguousarray(_partition_np(grid, window))
+  if mask_padding and (hp != h or wp != w):
+    keep = np.zeros((hp, wp), bool)
+    keep[:h, :w] = True
+    keep = np.roll(keep, (-shift, -shift), axis=(0, 1))
+    valid = np.ascontiguousarray(_partition_np(keep, window))
+  return regions, valid
+
+
+def additive_mask(parts: tuple[np.ndarray | None, np.ndarray | None]
+                  ) -> Array | None:
+  """(nW, N, N) additive mask from :func:`attention_mask_parts` (or None)."""
+  regions, valid = parts
+  mask = None
+  if regions is not None:
+    r = jnp.asarray(regions)
+    mask = jnp.where(r[:, :, None] != r[:, None, :],
+                     jnp.float32(_SHIFT_MASK_VALUE), jnp.float32(0.0))
+  if valid is not None:
+    pad = jnp.where(jnp.asarray(valid)[:, None, :], jnp.float32(0.0),
+                    jnp.float32(_PAD_MASK_VALUE))
+    mask = (jnp.broadcast_to(pad, pad.shape[:1] + (pad.shape[2],) * 2)
+            if mask is None else mask + pad)
+  return mask
+
+
 def window_partition(x: Array, window: int) -> Array:
   """(B, Hp, Wp, C) -> (B, nW, window*window, C)."""
   b, hp, wp, c = x.shape
@@ -145,7 +196,7 @@ class WindowAttention(nnx.Module):
     bias = bias[idx].reshape(n, n, self.num_heads).transpose(2, 0, 1)
     return 16.0 * jax.nn.sigmoid(bias)
 
-  def __call__(self, x: Array, mask: np.ndarray | None) -> Array:
+  def __call__(self, x: Array, mask: Array | np.ndarray | None) -> Array:
     """x: (B, nW, N, C); mask: additive (nW, N, N) or None."""
     b, nw, n, c = x.shape
     h = self.num_heads
@@ -220,7 +271,7 @@ class SwinBlock(nnx.Module):
     y = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     if s:
       y = jnp.roll(y, (-s, -s), axis=(1, 2))
-    mask = attention_mask(h, w, ws, s, self.mask_padding)
+    mask = additive_mask(attention_mask_parts(h, w, ws, s, self.mask_padding))
     y = self.attn(window_partition(y, ws), mask)
     y = window_reverse(y, ws, hp, wp)
     if s:
