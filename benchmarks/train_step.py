@@ -126,10 +126,14 @@ def make_step(config):
   return step, setup, layout, mesh, vgg_graphdef
 
 
-def build(config, batch_per_task: int):
-  """(jitted step, its arguments, layout, mesh) with random values."""
+def _set_batch(config, batch_per_task: int) -> None:
   for key in losses.TASK_KEYS:
     config.data[key].batch_size = batch_per_task
+
+
+def build(config, batch_per_task: int):
+  """(jitted step, its arguments, layout, mesh) with random values."""
+  _set_batch(config, batch_per_task)
   step, setup, layout, mesh, vgg_graphdef = make_step(config)
   vgg_params = None
   if vgg_graphdef is not None:  # random frozen weights: the speed is the same
@@ -147,8 +151,7 @@ def build(config, batch_per_task: int):
 def abstract_args(config, batch_per_task: int):
   """(jitted step, arguments as ShapeDtypeStructs, layout, mesh): nothing is
   initialised, for compiling alone."""
-  for key in losses.TASK_KEYS:
-    config.data[key].batch_size = batch_per_task
+  _set_batch(config, batch_per_task)
   step, setup, layout, mesh, vgg_graphdef = make_step(config)
   shape = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype)  # noqa: E731
   params = jax.tree.map(shape, setup.abstract_params)

@@ -204,17 +204,17 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     bar.update(1)
 
   pending = None
-  for batch in ds:
-    ids = np.full(len(batch["image"]), model_task_id, np.int32)
-    # Dispatch is asynchronous: the device runs this batch while the host
-    # computes the metrics of the previous one.
-    with (sharding.mesh_context(mesh, axes) if mesh is not None
-          else contextlib.nullcontext()):
+  with (sharding.mesh_context(mesh, axes) if mesh is not None
+        else contextlib.nullcontext()):
+    for batch in ds:
+      ids = np.full(len(batch["image"]), model_task_id, np.int32)
+      # Dispatch is asynchronous: the device runs this batch while the host
+      # computes the metrics of the previous one.
       out = inference.forward(model, _put(batch["image"], mesh, spec),
                               _put(ids, mesh, spec))
-    if pending is not None:
-      consume(*pending)
-    pending = (batch, out)
+      if pending is not None:
+        consume(*pending)
+      pending = (batch, out)
   if pending is not None:
     consume(*pending)
   bar.close()

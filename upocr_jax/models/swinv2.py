@@ -67,30 +67,18 @@ def attention_mask(h: int, w: int, window: int, shift: int,
 
   Shifted blocks get the official -100 mask between regions that the cyclic
   shift brought together. With ``mask_padding`` the zero-padded tokens are also
-  removed as keys.
+  removed as keys. The dense numpy form of :func:`attention_mask_parts`, for
+  inspection; the model expands the compact form in the program.
   """
-  hp, wp = -(-h // window) * window, -(-w // window) * window
+  regions, valid = attention_mask_parts(h, w, window, shift, mask_padding)
   mask = None
-  if shift > 0:
-    regions = np.zeros((hp, wp), np.float32)
-    bounds = ((0, hp - window), (hp - window, hp - shift), (hp - shift, hp))
-    wbounds = ((0, wp - window), (wp - window, wp - shift), (wp - shift, wp))
-    cnt = 0
-    for h0, h1 in bounds:
-      for w0, w1 in wbounds:
-        regions[h0:h1, w0:w1] = cnt
-        cnt += 1
-    win = _partition_np(regions, window)
-    mask = np.where(win[:, None, :] != win[:, :, None], _SHIFT_MASK_VALUE,
-                    0.0).astype(np.float32)
-  if mask_padding and (hp != h or wp != w):
-    valid = np.zeros((hp, wp), bool)
-    valid[:h, :w] = True
-    valid = np.roll(valid, (-shift, -shift), axis=(0, 1))
-    keys = _partition_np(valid, window)  # (nW, N)
-    pad = np.where(keys[:, None, :], 0.0, _PAD_MASK_VALUE).astype(np.float32)
+  if regions is not None:
+    mask = np.where(regions[:, None, :] != regions[:, :, None],
+                    _SHIFT_MASK_VALUE, 0.0).astype(np.float32)
+  if valid is not None:
+    pad = np.where(valid[:, None, :], 0.0, _PAD_MASK_VALUE).astype(np.float32)
     mask = pad if mask is None else mask + pad
-    mask = np.broadcast_to(mask, (keys.shape[0],) + (keys.shape[1],) * 2)
+    mask = np.broadcast_to(mask, (valid.shape[0],) + (valid.shape[1],) * 2)
   return None if mask is None else np.ascontiguousarray(mask)
 
 
