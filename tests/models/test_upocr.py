@@ -107,7 +107,7 @@ def test_task_names_and_bad_task_ids(tiny_model):
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("encoder.num_heads", [1, 3, 2, 4], "encoder.num_heads[1]"),
+    ("encoder.num_heads", [1, 5, 2, 4], "encoder.num_heads[1]"),
     ("decoder.num_heads", [5, 2, 2, 1, 1], "decoder.num_heads[0]"),
     ("encoder.depths", [1, 1, 1], "encoder.depths"),
     ("dtype", "float8", "dtype"),
@@ -134,7 +134,7 @@ def test_mask_padding_only_changes_padded_maps():
   masked = UPOCR(tiny(mask_padding=True), rngs=nnx.Rngs(0))
   for m in (base, masked):
     open_blocks(m)
-  # 64x64: the H/32 map is 2x2 < window 8, so padding is used.
+  # 64x64: the H/32 map is 2x2 < the tiny window 4, so padding is used.
   a, b = forward(base, x, ids)[2], forward(masked, x, ids)[2]
   assert float(jnp.max(jnp.abs(a - b))) > 1e-4
   # With window 2 nothing is padded anywhere, and the option is a no-op.
@@ -175,8 +175,10 @@ def test_bfloat16_and_remat_options():
     return jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(g, p)(x, ids)[2])))(p)
 
   ga, gb = grads(ref), grads(remat)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               ga, gb)
+  # Recomputed inside scanned stages, a few gradients differ in the last
+  # float32 bits; a remat bug would change them at O(1).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6), ga, gb)
 
 
 def test_drop_path_needs_rng_and_is_random():
@@ -196,26 +198,32 @@ def test_drop_path_needs_rng_and_is_random():
   assert float(jnp.max(jnp.abs(a - d))) > 1e-4
 
 
-def test_scan_blocks_config_scans_the_long_stages():
-  cfg = tiny(scan_blocks=True, **{"encoder.depths": (1, 1, 4, 1),
-                                  "decoder.depths": (1, 4, 1, 1, 1)})
+def test_scan_blocks_config_scans_every_multi_block_stage():
+  cfg = tiny(scan_blocks=True, **{"encoder.depths": (1, 2, 4, 1),
+                                  "decoder.depths": (1, 4, 1, 3, 1)})
   m = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   ids = jax.ShapeDtypeStruct((1,), jnp.int32)
   g, p = nnx.split(m)
   hlo = jax.jit(lambda p, x, ids: nnx.merge(g, p)(x, ids)[2]).lower(
       p, x, ids).as_text()
-  assert hlo.count("stablehlo.while") == 2  # one per 4-block stage
+  # One loop per stage of 2+ blocks, each with a single block body (one
+  # attention: two score einsums per block, not per stage).
+  assert hlo.count("stablehlo.while") == 4
   assert [s.scan for s in m.encoder.layers] == [True] * 4
 
 
-def test_scanned_blocks_match_the_loop():
-  """A 4-block stage as a lax.scan over block pairs: the loop's numbers."""
+@pytest.mark.parametrize("depth,mask_padding", [(4, False), (3, True)])
+def test_scanned_blocks_match_the_loop(depth, mask_padding):
+  """A stage as one lax.scan over its blocks: the loop's numbers, with the
+  shift passed as data (odd depth: an unshifted block last; 6x6 maps are
+  padded to the 4x4 windows)."""
   from upocr_jax.models.swinv2 import SwinStage
   stages = {}
+  rates = [0.1, 0.2, 0.3, 0.4][:depth]
   for name, scan, remat in (("loop", False, False), ("scan", True, False),
                             ("scan+remat", True, True)):
-    stages[name] = SwinStage(16, 4, 2, 4, 4, [0.1, 0.2, 0.3, 0.4], 4.0, False,
+    stages[name] = SwinStage(16, depth, 2, 4, 4, rates, 4.0, mask_padding,
                              remat, None, rngs=nnx.Rngs(0), scan=scan)
     for path, var in nnx.to_flat_state(nnx.state(stages[name], nnx.Param)):
       if path[-2] in ("norm1", "norm2") and path[-1] == "scale":
@@ -225,18 +233,23 @@ def test_scanned_blocks_match_the_loop():
                nnx.state(stages["scan"]))
   x = jax.random.normal(jax.random.key(5), (3, 6, 6, 16))
 
-  def run(stage, deterministic):
-    g, p = nnx.split(stage)
+  results = {}
 
-    def loss(p):
-      y = nnx.merge(g, p)(x, jax.random.key(7), deterministic)[0]
-      return jnp.mean(y**2), y
+  def run(name, deterministic):  # each program compiled once
+    if (name, deterministic) not in results:
+      g, p = nnx.split(stages[name])
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(p)
+      def loss(p):
+        y = nnx.merge(g, p)(x, jax.random.key(7), deterministic)[0]
+        return jnp.mean(y**2), y
+
+      results[name, deterministic] = jax.jit(
+          jax.value_and_grad(loss, has_aux=True))(p)
+    return results[name, deterministic]
 
   def check(name, deterministic, out_tol, grad_tol):
-    (_, a), ga = run(stages["loop"], deterministic)
-    (_, b), gb = run(stages[name], deterministic)
+    (_, a), ga = run("loop", deterministic)
+    (_, b), gb = run(name, deterministic)
     np.testing.assert_allclose(a, b, atol=out_tol)
     for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
       assert float(jnp.max(jnp.abs(u - v))) <= grad_tol * (
@@ -248,8 +261,8 @@ def test_scanned_blocks_match_the_loop():
   # x / keep into x * (1 / keep); scanned blocks divide): a block dropped in
   # one and kept in the other would change the outputs by O(1).
   check("scan", False, 1e-3, 1e-2)
-  (_, d), _ = run(stages["scan"], True)
-  (_, s), _ = run(stages["scan"], False)
+  (_, d), _ = run("scan", True)
+  (_, s), _ = run("scan", False)
   assert float(jnp.max(jnp.abs(d - s))) > 0.1  # some samples were dropped
 
 

@@ -250,27 +250,53 @@ class SwinBlock(nnx.Module):
 
   def __call__(self, x: Array, key: Array | None = None,
                deterministic: bool = True,
-               keep_prob: Array | None = None) -> Array:
-    """``keep_prob`` overrides 1 - drop_path_rate (scanned blocks)."""
+               keep_prob: Array | None = None,
+               shifted: Array | None = None) -> Array:
+    """``keep_prob`` overrides 1 - drop_path_rate and ``shifted`` (a traced
+    bool: shift by window//2 or not) overrides the static shift: together they
+    let one compiled block body serve every block of a scanned stage."""
     rate = self.drop_path_rate
     b, h, w, c = x.shape
-    ws, s = self.window, self.shift
+    ws = self.window
     hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
     y = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-    if s:
-      y = jnp.roll(y, (-s, -s), axis=(1, 2))
-    mask = additive_mask(attention_mask_parts(h, w, ws, s, self.mask_padding))
+    if shifted is None:
+      s = self.shift
+      roll = (lambda t, d: jnp.roll(t, (d * s, d * s), axis=(1, 2))
+              if s else t)
+      mask = additive_mask(attention_mask_parts(h, w, ws, s,
+                                                self.mask_padding))
+    else:
+      s = ws // 2
+      # Both variants are cheap next to the attention they feed; a select
+      # (not lax.cond) keeps them fusible into the window partition and the
+      # score computation.
+      roll = lambda t, d: jnp.where(  # noqa: E731
+          shifted, jnp.roll(t, (d * s, d * s), axis=(1, 2)), t)
+      mask = _select_mask(
+          shifted,
+          additive_mask(attention_mask_parts(h, w, ws, s, self.mask_padding)),
+          additive_mask(attention_mask_parts(h, w, ws, 0, self.mask_padding)))
+    y = roll(y, -1)
     y = self.attn(window_partition(y, ws), mask)
     y = window_reverse(y, ws, hp, wp)
-    if s:
-      y = jnp.roll(y, (s, s), axis=(1, 2))
-    y = y[:, :h, :w]
+    y = roll(y, 1)[:, :h, :w]
     k1 = k2 = None
     if key is not None:
       k1, k2 = jax.random.split(key)
     x = x + drop_path(self.norm1(y), rate, k1, deterministic, keep_prob)
     return x + drop_path(self.norm2(self.mlp(x)), rate, k2, deterministic,
                          keep_prob)
+
+
+def _select_mask(pred: Array, on: Array | None, off: Array | None
+                 ) -> Array | None:
+  """``on`` where the traced ``pred`` holds, else ``off`` (None: no mask)."""
+  if on is None and off is None:
+    return None
+  on = jnp.float32(0.0) if on is None else on
+  off = jnp.float32(0.0) if off is None else off
+  return jnp.where(pred, on, off)
 
 
 class PatchMerging(nnx.Module):
@@ -332,7 +358,7 @@ class SwinStage(nnx.Module):
                deterministic: bool = True) -> tuple[Array, Array]:
     """Returns (blocks output, resampled output)."""
     x = shard_batch(x)
-    if self.scan and len(self.blocks) >= 4 and len(self.blocks) % 2 == 0:
+    if self.scan and len(self.blocks) >= 2:
       x = self._scanned(x, key, deterministic)
     else:
       run = lambda block, x, k: block(x, k, deterministic)  # noqa: E731
@@ -349,33 +375,32 @@ class SwinStage(nnx.Module):
 
   def _scanned(self, x: Array, key: Array | None,
                deterministic: bool) -> Array:
-    """The blocks as a ``lax.scan`` over (unshifted, shifted) pairs.
+    """The blocks as one ``lax.scan``: XLA compiles a single block body.
 
-    XLA then compiles one pair instead of ``depth`` blocks (the paper's
-    18-block stages dominate compile time). The parameters stay one module per
-    block (checkpoints and official weights are unchanged); they are stacked
-    here, and gradients flow back through the stacking. Same keys and rates
-    per block as the loop, so the result is the same.
+    Blocks differ only in data: their parameters, drop-path rate and whether
+    they shift (passed as a traced flag), so the paper's 18-block stages and
+    its 2-block stages alike compile one block each. The parameters stay one
+    module per block (checkpoints and official weights are unchanged); they
+    are stacked here, and gradients flow back through the stacking. Same keys
+    and rates per block as the loop, so the result is the same.
     """
-    even, odd = list(self.blocks[0::2]), list(self.blocks[1::2])
-    # Blocks of a parity differ only in drop_path_rate (passed as data).
-    gd_even, gd_odd = nnx.graphdef(even[0]), nnx.graphdef(odd[0])
-    stack = lambda blocks: jax.tree.map(  # noqa: E731
-        lambda *a: jnp.stack(a), *[nnx.state(b) for b in blocks])
-    n = len(self.blocks)
+    blocks = list(self.blocks)
+    # The shifted block's graph (static shift = window//2) runs every block;
+    # the flag says whether it actually shifts.
+    gd = nnx.graphdef(blocks[-1] if len(blocks) > 1 else blocks[0])
+    states = jax.tree.map(lambda *a: jnp.stack(a),
+                          *[nnx.state(b) for b in blocks])
     # 1 - rate in float64 then float32, exactly as the loop's Python floats.
-    keeps = jnp.asarray(np.float32([1.0 - r for r in self.drop_path_rates])
-                        ).reshape(n // 2, 2)
-    idx = jnp.arange(n, dtype=jnp.uint32).reshape(n // 2, 2)
+    keeps = jnp.asarray(np.float32([1.0 - r for r in self.drop_path_rates]))
+    idx = jnp.arange(len(blocks), dtype=jnp.uint32)
+    shifts = jnp.asarray([b.shift > 0 for b in blocks])
 
-    def pair(x, xs):
-      st_even, st_odd, keep, i = xs
-      for gd, st, j in ((gd_even, st_even, 0), (gd_odd, st_odd, 1)):
-        k = None if key is None else jax.random.fold_in(key, i[j])
-        x = nnx.merge(gd, st)(x, k, deterministic, keep[j])
-      return x, None
+    def body(x, xs):
+      st, keep, i, shifted = xs
+      k = None if key is None else jax.random.fold_in(key, i)
+      return nnx.merge(gd, st)(x, k, deterministic, keep, shifted), None
 
-    if self.remat:  # saves only each pair's input for the backward pass
-      pair = jax.checkpoint(pair)
-    x, _ = jax.lax.scan(pair, x, (stack(even), stack(odd), keeps, idx))
+    if self.remat:  # saves only each block's input for the backward pass
+      body = jax.checkpoint(body)
+    x, _ = jax.lax.scan(body, x, (states, keeps, idx, shifts))
     return x
