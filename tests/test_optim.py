@@ -149,12 +149,14 @@ class _Toy(nnx.Module):
 def test_works_on_nnx_param_state():
   model = _Toy()
   params = nnx.state(model, nnx.Param)
-  tx = optim.make_optimizer(_small_optim_config(clip_grad_norm=0.0))
+  oc = _small_optim_config(clip_grad_norm=0.0)
+  tx = optim.make_optimizer(oc)
   ones = jax.tree.map(jnp.ones_like, params)
   upd, _ = jax.jit(tx.update)(ones, tx.init(params), params)
   upd = nnx.to_pure_dict(upd)
   p = nnx.to_pure_dict(params)
-  lr, wd, eps = 2e-4, 1e-4, 1e-8  # First step: warmup_init_lr.
+  # First step: warmup_init_lr.
+  lr, wd, eps = oc.warmup_init_lr, oc.weight_decay, oc.eps
   for name, ratio in (("encoder", 0.1), ("decoder", 1.0)):
     want = -ratio * lr * (1 / (1 + eps) + wd * p[name]["kernel"])
     np.testing.assert_allclose(upd[name]["kernel"], want, rtol=1e-5)

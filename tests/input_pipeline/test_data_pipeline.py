@@ -46,7 +46,9 @@ def test_float_output_and_uneven_ratio():
   b = next(pipeline.create_train_iterator(cfg))
   assert b["image"].dtype == np.float32 and 0 <= b["image"].min()
   assert b["image"].max() <= 1
-  np.testing.assert_array_equal(b["task_id"], [0] * 4 + [2] * 4)
+  np.testing.assert_array_equal(
+      b["task_id"], [0] * cfg.text_removal.batch_size
+      + [2] * cfg.text_segmentation.batch_size)
 
 
 def test_bad_batch_config():

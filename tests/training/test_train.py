@@ -21,7 +21,7 @@ from upocr_jax.models import UPOCR
      "config.data.text_removal.batch_size"),
     (lambda c: setattr(c.mesh, "shape", (3, 1, 1)), "config.mesh.shape"),
     (lambda c: setattr(c.data, "image_size", 48), "config.data.image_size"),
-    (lambda c: setattr(c.model.encoder, "num_heads", (3, 2, 2, 4)),
+    (lambda c: setattr(c.model.encoder, "num_heads", (5, 2, 2, 4)),
      "config.model.encoder.num_heads[0]"),
 ])
 def test_config_errors_name_the_field_before_compiling(tmp_path, edit, field):
