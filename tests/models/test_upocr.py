@@ -1,5 +1,7 @@
 """Model API, sizes, configuration errors and options."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,9 +43,17 @@ def open_blocks(model):
       var[...] = jnp.ones_like(var[...])
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
+@functools.lru_cache(maxsize=None)
+def _tiny_model() -> UPOCR:
   return UPOCR(tiny(), rngs=nnx.Rngs(0))
+
+
+@pytest.fixture
+def tiny_model():
+  # Built once per worker: as a module fixture it was rebuilt (~20 s) when
+  # xdist interleaved this module's tests with test_exactness.py's. No test
+  # changes it.
+  return _tiny_model()
 
 
 def test_paper_parameter_counts_from_eval_shape():
@@ -221,8 +231,10 @@ def test_scanned_blocks_match_the_loop(depth, mask_padding):
   from upocr_jax.models.swinv2 import SwinStage
   stages = {}
   rates = [0.1, 0.2, 0.3, 0.4][:depth]
-  for name, scan, remat in (("loop", False, False), ("scan", True, False),
-                            ("scan+remat", True, True)):
+  variants = [("loop", False, False), ("scan", True, False)]
+  if depth == 4:  # remat inside the scan, checked once
+    variants.append(("scan+remat", True, True))
+  for name, scan, remat in variants:
     stages[name] = SwinStage(16, depth, 2, 4, 4, rates, 4.0, mask_padding,
                              remat, None, rngs=nnx.Rngs(0), scan=scan)
     for path, var in nnx.to_flat_state(nnx.state(stages[name], nnx.Param)):
@@ -256,7 +268,8 @@ def test_scanned_blocks_match_the_loop(depth, mask_padding):
           float(jnp.max(jnp.abs(u))) + 1e-6), (name, deterministic)
 
   check("scan", True, 1e-5, 1e-5)
-  check("scan+remat", True, 1e-5, 1e-5)
+  if "scan+remat" in stages:
+    check("scan+remat", True, 1e-5, 1e-5)
   # With stochastic depth only rounding differs (XLA turns the loop's
   # x / keep into x * (1 / keep); scanned blocks divide): a block dropped in
   # one and kept in the other would change the outputs by O(1).
