@@ -343,7 +343,6 @@ class SwinStage(nnx.Module):
                scan: bool = False):
     self.remat = remat
     self.scan = scan
-    self.drop_path_rates = tuple(float(r) for r in drop_path_rates)
     self.blocks = nnx.List([
         SwinBlock(dim, num_heads, window, pretrained_window,
                   0 if i % 2 == 0 else window // 2, drop_path_rates[i],
@@ -385,13 +384,13 @@ class SwinStage(nnx.Module):
     and rates per block as the loop, so the result is the same.
     """
     blocks = list(self.blocks)
-    # The shifted block's graph (static shift = window//2) runs every block;
-    # the flag says whether it actually shifts.
-    gd = nnx.graphdef(blocks[-1] if len(blocks) > 1 else blocks[0])
+    # One graph runs every block: its static shift and rate are overridden by
+    # the traced flag and keep probability.
+    gd = nnx.graphdef(blocks[0])
     states = jax.tree.map(lambda *a: jnp.stack(a),
                           *[nnx.state(b) for b in blocks])
     # 1 - rate in float64 then float32, exactly as the loop's Python floats.
-    keeps = jnp.asarray(np.float32([1.0 - r for r in self.drop_path_rates]))
+    keeps = jnp.asarray(np.float32([1.0 - b.drop_path_rate for b in blocks]))
     idx = jnp.arange(len(blocks), dtype=jnp.uint32)
     shifts = jnp.asarray([b.shift > 0 for b in blocks])
 
