@@ -94,6 +94,9 @@ def get_data_config(variant: str) -> ml_collections.ConfigDict:
   d.synthetic.max_words = 6
   d.synthetic.fonts_dir = ""  # Extra .ttf/.otf files to mix in.
   d.synthetic.photos_dir = ""  # Background photos to mix in.
+  # Keep generated examples in memory (per process): worth it when a small
+  # split is read for many epochs; the examples are identical either way.
+  d.synthetic.cache = False
 
   if variant == "tiny":
     d.image_size = 64
@@ -106,6 +109,9 @@ def get_data_config(variant: str) -> ml_collections.ConfigDict:
     d.synthetic.min_size = 64
     d.synthetic.max_size = 96
     d.synthetic.max_words = 3
+    # 512 examples per task, read ~35 times in the demo: drawing them once
+    # frees the CPU time (about 2.5 ms per example) for training.
+    d.synthetic.cache = True
     for key in _TASK_KEYS:
       d[key].source = "synthetic"
       d[key].batch_size = 3

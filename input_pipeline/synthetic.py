@@ -193,7 +193,7 @@ class SyntheticSource:
 
   def __init__(self, task_id: int, num_examples: int | None = 1000,
                seed: int = 0, split: str = "train",
-               params: SynthParams | None = None):
+               params: SynthParams | None = None, cache: bool = False):
     """Creates the source.
 
     Args:
@@ -202,6 +202,9 @@ class SyntheticSource:
       seed: base seed; (seed, split, task, index) fixes each example.
       split: split name; different names give disjoint random streams.
       params: size range, words, fonts and photos (defaults: 64-96 px).
+      cache: keep every generated example in memory (read-only arrays), so a
+        small split that is read for many epochs is drawn only once. The
+        examples are the same either way; augmentation still runs each read.
     """
     self.task_id = task_id
     self.num_examples = (2 ** 31 - 1) if num_examples is None else num_examples
@@ -211,6 +214,10 @@ class SyntheticSource:
     self.params = params or SynthParams()
     self.root = f"synthetic:{schema.TASK_KEYS[task_id]}/{split}"
     self._split_code = zlib.crc32(split.encode())
+    if cache and num_examples is None:
+      raise ValueError(f"{self.root}: cache=True needs a finite num_examples "
+                       "(an infinite split cannot be kept in memory)")
+    self._cache: dict[int, dict] | None = {} if cache else None
 
   def __len__(self) -> int:
     return self.num_examples
@@ -226,8 +233,19 @@ class SyntheticSource:
     return generate_raw(self.task_id, self.rng(index), self.params)
 
   def __getitem__(self, index: int) -> dict:
-    return raw_to_example(self.task_id, self.raw(index),
-                          f"{self.root}/{index:07d}")
+    if self._cache is not None and index in self._cache:
+      return dict(self._cache[index])
+    example = raw_to_example(self.task_id, self.raw(index),
+                             f"{self.root}/{index:07d}")
+    if self._cache is not None:
+      # Read-only, so a transform that wrote into a cached array would fail
+      # loudly instead of changing every later epoch.
+      for value in example.values():
+        if isinstance(value, np.ndarray):
+          value.flags.writeable = False
+      self._cache[index] = example
+      example = dict(example)
+    return example
 
 
 def make_sources(num_examples: int | None, seed: int, split: str,

@@ -34,7 +34,7 @@ def make_source(data_config: Any, task_id: int,
                                    s.fonts_dir or None, s.photos_dir or None)
     source = synthetic.SyntheticSource(
         task_id, s.num_train if train else s.num_eval, s.seed,
-        "train" if train else "test", params)
+        "train" if train else "test", params, cache=s.cache)
   else:
     raise ValueError(f"config.data.{schema.TASK_KEYS[task_id]}.source must be "
                      f"'folder', 'tfds' or 'synthetic', got {cfg.source!r}")

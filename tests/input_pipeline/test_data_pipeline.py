@@ -8,6 +8,7 @@ import pytest
 
 from input_pipeline import pipeline
 from input_pipeline import schema
+from input_pipeline import synthetic
 from input_pipeline import transforms
 import data_helpers
 
@@ -97,6 +98,24 @@ def test_deterministic_replay_and_seed_change():
   c = next(pipeline.create_train_iterator(cfg))
   assert a[0]["name"] == c["name"]  # Same shuffle, other augmentation.
   assert not np.array_equal(a[0]["image"], c["image"])
+
+
+def test_synthetic_cache_gives_the_same_batches_over_epochs():
+  # 12 examples per task and 6 + 3 + 3 per step: 4 steps read the removal
+  # split twice, so the second epoch is served from the cache (and would
+  # fail on a transform writing into a cached, read-only array).
+  on = data_helpers.tiny_data_config()
+  off = data_helpers.tiny_data_config(synthetic__cache=False)
+  assert on.synthetic.cache
+  for x, y in zip(_take(pipeline.create_train_iterator(on), 4),
+                  _take(pipeline.create_train_iterator(off), 4)):
+    _same(x, y)
+  source = synthetic.SyntheticSource(0, 3, cache=True)
+  first = source[1]
+  assert source[1] is not first and source[1]["image"] is first["image"]
+  assert not first["image"].flags.writeable
+  with pytest.raises(ValueError, match="finite num_examples"):
+    synthetic.SyntheticSource(0, None, cache=True)
 
 
 def test_exact_continuation_get_set_state():
