@@ -120,7 +120,9 @@ def test_vgg_sees_only_text_removal_examples():
 def test_other_tasks_examples_do_not_change_a_task_loss(changed):
   fn, _ = _synthetic_fn()
   outputs, batch = _random_batch(1)
-  _, base = fn(outputs, batch)
+  # Read the result before editing the inputs in place: on CPU, jax may use
+  # the numpy buffers without a copy while the step still runs.
+  base = jax.device_get(fn(outputs, batch)[1])
   other_outputs, other_batch = _random_batch(2)
   idx = [i for i, t in enumerate(LAYOUT.task_ids) if t == changed]
   for o, oo in zip(outputs, other_outputs):
