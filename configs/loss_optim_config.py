@@ -67,15 +67,20 @@ def get_optim_config(variant: str) -> ml_collections.ConfigDict:
   c.warmup_steps = 2_000
   c.steps_per_epoch = 200
   if variant == "tiny":
-    # 3000 CPU steps of a small model from scratch: a higher peak and an lr
+    # 3800 CPU steps of a small model from scratch: a higher peak and an lr
     # that changes every step. The warm-up starts low and lasts 600 steps:
     # with 100 steps to 2e-3 (and in other fast starts we tried) the model
     # first settles on input-independent outputs (loss ~4.4) and wider
-    # models stay there for 1000+ steps.
-    c.lr = 2e-3
+    # models stay there for 1000+ steps. b2 0.99: Adam's second moment
+    # follows the fast-changing gradients of a short run. Measured at 4000
+    # steps (text-removal PSNR on the held-out synthetic set): b2 0.999 and
+    # lr 2e-3 25.57 dB, b2 0.99 25.77, b2 0.99 and lr 3e-3 25.98; lr 4e-3
+    # diverged after its warm-up.
+    c.lr = 3e-3
+    c.b2 = 0.99
     c.warmup_init_lr = 1e-4
     c.min_lr = 2e-5
-    c.total_steps = 3_000
+    c.total_steps = 3_800
     c.warmup_steps = 600
     c.steps_per_epoch = 1
   return c

@@ -110,7 +110,7 @@ def _parallel_config(config: ml_collections.ConfigDict) -> None:
 def _train_config(variant: str) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   paper = variant == "paper"
-  t.steps = 80_000 if paper else 3_000
+  t.steps = 80_000 if paper else 3_800
   t.log_every = 50 if paper else 25
   t.checkpoint_every = 2_000 if paper else 1_000
   t.keep_checkpoints = 3

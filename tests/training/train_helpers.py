@@ -72,7 +72,9 @@ def train_cmd(workdir, *extra: str) -> list[str]:
 
 def env(devices: int = 1) -> dict:
   e = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu",
-       "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+       # As in tests/conftest.py: compile-bound, so LLVM opt level 0.
+       "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                    "--xla_backend_optimization_level=0",
        "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
