@@ -3,9 +3,8 @@
 ``get_data_config('paper')``: the paper's data sets and recipe (SCUT-EnsText,
 Tampered-IC13, TextSeg train+val; 512x512; 16 images per task per global batch;
 the official augmentations). ``get_data_config('tiny')``: synthetic data at
-64x64, 6 text-removal and 3 + 3 other images per batch, no worker
-processes: for tests and the CPU
-demo.
+64x64, 6 text-removal and 3 + 3 other images per batch, no worker processes:
+for tests and the CPU demo.
 
 Per task (``config.data.text_removal``, ``.tampered_text_detection``,
 ``.text_segmentation``):

@@ -114,7 +114,7 @@ def _train_config(variant: str) -> ml_collections.ConfigDict:
   t.log_every = 50 if paper else 25
   t.checkpoint_every = 2_000 if paper else 1_000
   t.keep_checkpoints = 3
-  t.preview_every = 1_000 if paper else 1_000  # PNG grid of predictions
+  t.preview_every = 1_000                     # PNG grid of predictions
   t.eval_every = 10_000 if paper else 0       # 0: none during training
   t.final_eval = True                         # evaluate after the last step
   return t

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,9 +73,10 @@ def train_cmd(workdir, *extra: str) -> list[str]:
 
 def env(devices: int = 1) -> dict:
   e = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu",
-       # As in tests/conftest.py: compile-bound, so LLVM opt level 0.
-       "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
-                    "--xla_backend_optimization_level=0",
+       # The session's flags (tests/conftest.py) with this device count.
+       "XLA_FLAGS": re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                           os.environ.get("XLA_FLAGS", ""))
+                    + f" --xla_force_host_platform_device_count={devices}",
        "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
