@@ -44,9 +44,9 @@ setup(
     entry_points={
         "console_scripts": [
             "upocr-train=upocr_jax.main:run_main",
-            "upocr-convert=upocr_jax.convert:run_main",
-            "upocr-eval=upocr_jax.evaluate:run_main",
-            "upocr-predict=upocr_jax.predict:run_main",
+            "upocr-convert=upocr_jax.weights.convert:run_main",
+            "upocr-eval=upocr_jax.evaluation.evaluate:run_main",
+            "upocr-predict=upocr_jax.inference.predictor:run_main",
         ],
     },
 )

@@ -6,7 +6,7 @@
 Runs on fake CPU devices (``--xla_force_host_platform_device_count``; the count
 is the largest mesh's, or ``--devices``). Nothing is allocated or executed: the
 state is abstract (``ShapeDtypeStruct`` with the run's ``NamedSharding``) and
-the train step of ``upocr_jax.train_step`` is only lowered and compiled.
+the train step of ``upocr_jax.train.train_step`` is only lowered and compiled.
 
 Per mesh (data, fsdp, tensor) it reports
 
@@ -95,7 +95,11 @@ from absl import logging  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import upocr as upocr_config  # noqa: E402
-from upocr_jax import losses, optim, sharding, train, train_step  # noqa: E402
+from upocr_jax import sharding  # noqa: E402
+from upocr_jax.train import losses  # noqa: E402
+from upocr_jax.train import optim  # noqa: E402
+from upocr_jax.train import trainer  # noqa: E402
+from upocr_jax.train import train_step  # noqa: E402
 from upocr_jax.models import VGG16Features  # noqa: E402
 
 # Cheaper LLVM code generation for the CPU executable (the step never runs).
@@ -384,8 +388,8 @@ def _build(config: ml_collections.ConfigDict, shape: Sequence[int],
   devices = list(devices)[:math.prod(shape)]
   mesh = sharding.make_mesh(config, devices)
   _fit_batch(config, sharding.num_batch_shards(mesh, config))
-  shards = train.validate_config(config, len(devices))
-  n_sched = train.schedule_steps(config)
+  shards = trainer.validate_config(config, len(devices))
+  n_sched = trainer.schedule_steps(config)
   tx = optim.make_optimizer(config.optim, n_sched)
   return config, _Built(mesh, train_step.make_setup(config, mesh, tx), tx,
                         shards)
@@ -415,7 +419,7 @@ def lower_train_step(config: ml_collections.ConfigDict, shape: Sequence[int],
                      devices: Sequence[jax.Device]):
   """The run's train step lowered for abstract, sharded arguments.
 
-  Uses ``train_step.make_setup`` / ``make_train_step`` as ``train.run`` does;
+  Uses ``train_step.make_setup`` / ``make_train_step`` as ``trainer.run`` does;
   the perceptual / style VGG16, when on, is abstract and replicated.
 
   Returns:
@@ -424,7 +428,7 @@ def lower_train_step(config: ml_collections.ConfigDict, shape: Sequence[int],
   """
   config, b = _build(config, shape, devices)
   mesh, setup = b.mesh, b.setup
-  n_sched = train.schedule_steps(config)
+  n_sched = trainer.schedule_steps(config)
   layout = losses.BatchLayout.from_data_config(config.data, b.shards)
   vgg_graphdef = vgg_params = None
   if config.loss.perceptual or config.loss.style:
@@ -451,7 +455,7 @@ def lower_train_step(config: ml_collections.ConfigDict, shape: Sequence[int],
   step = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl)
   t = time.perf_counter()
-  # As train.run traces it: the model pins its activations' batch dimension.
+  # As trainer.run traces it: the model pins its activations' batch dimension.
   with sharding.mesh_context(mesh, tuple(config.sharding.batch_axes)):
     lowered = step_fn.lower(params, opt, vgg_params, batch, step, key)
   return (lowered, config, mesh, time.perf_counter() - t,

@@ -3,7 +3,7 @@
   python benchmarks/train_step.py --config configs/upocr.py:paper \\
       --batch_per_task 1 --steps 3
 
-Builds the real train step (``upocr_jax.train_step``: loss, gradients, AdamW,
+Builds the real train step (``upocr_jax.train.train_step``: loss, gradients, AdamW,
 clipping, the finite guard) on one device with random weights and a random
 batch (speed does not depend on either), with the VGG16 perceptual/style loss
 on random frozen weights when the config asks for it. Reports
@@ -45,7 +45,11 @@ sys.path.insert(0, __file__.rsplit("/", 2)[0])  # the repo root, for configs/
 
 from benchmarks import flops as flops_lib  # noqa: E402
 from configs import upocr as upocr_config  # noqa: E402
-from upocr_jax import losses, optim, sharding, train, train_step  # noqa: E402
+from upocr_jax import sharding  # noqa: E402
+from upocr_jax.train import losses  # noqa: E402
+from upocr_jax.train import optim  # noqa: E402
+from upocr_jax.train import trainer  # noqa: E402
+from upocr_jax.train import train_step  # noqa: E402
 from upocr_jax.models.vgg import VGG16Features  # noqa: E402
 
 
@@ -112,7 +116,7 @@ def make_step(config):
   """(jitted train step, setup, layout, mesh, VGG graphdef or None)."""
   mesh = sharding.make_mesh(config, jax.devices()[:1]) \
       if jax.device_count() > 1 else sharding.make_mesh(config)
-  n = train.schedule_steps(config)
+  n = trainer.schedule_steps(config)
   tx = optim.make_optimizer(config.optim, n)
   schedule = optim.make_schedule(config.optim, n)
   setup = train_step.make_setup(config, mesh, tx)

@@ -1,6 +1,6 @@
 """Loss and optimiser fields of the configs (``config.loss``, ``config.optim``).
 
-``config.loss`` (upocr_jax/losses.py):
+``config.loss`` (upocr_jax/train/losses.py):
 
 * ``msr_weights``: (text, non-text) L1 weights of the text-removal outputs at
   1/4, 1/2 and 1; ``msr_weight``: weight of the whole MSR term (1).
@@ -13,7 +13,7 @@
 * ``seg_scale_weights`` / ``ttd_scale_weights``: smooth-L1 weights per scale.
 * ``task_weights.<task>``: weight of each task's loss in the total (1).
 
-``config.optim`` (upocr_jax/optim.py): AdamW (``b1``, ``b2``, ``eps``,
+``config.optim`` (upocr_jax/train/optim.py): AdamW (``b1``, ``b2``, ``eps``,
 ``weight_decay`` on every parameter), peak ``lr`` with ``encoder_lr_ratio`` for
 parameters under ``encoder``, global-norm clipping at ``clip_grad_norm`` (<= 0:
 off), and the official schedule in steps: ``warmup_steps`` from

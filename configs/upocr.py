@@ -130,7 +130,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   config.data = data_config.get_data_config(variant)
   config.train = _train_config(variant)
   # Evaluations during training (train.eval_every) and after the last step
-  # (train.final_eval); see upocr_jax/evaluate.py run_evals.
+  # (train.final_eval); see upocr_jax/evaluation/evaluate.py run_evals.
   config.evals = ml_collections.ConfigDict()
   config.evals.datasets = (("scut_enstext", "textseg", "tampered_ic13")
                            if variant == "paper" else ("synthetic",))

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from configs import upocr
-from upocr_jax import weights
+from upocr_jax.weights import weight_dir
 from upocr_jax.models import UPOCR
 
 
@@ -48,5 +48,5 @@ def random_model(config=None, seed: int = 0) -> UPOCR:
 def random_weights_dir(root: str, config=None, seed: int = 0) -> str:
   """Writes a random tiny model as a weight directory under root; its path."""
   path = os.path.join(str(root), "weights")
-  weights.save_weights(path, random_model(config, seed))
+  weight_dir.save_weights(path, random_model(config, seed))
   return path

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from tests.fixture_utils import fixture_model_config, official_state_dict
-from upocr_jax import convert, weights
+from upocr_jax.weights import convert
+from upocr_jax.weights import weight_dir
 
 from upocr_jax.models.vgg import FrozenParam
 
@@ -146,13 +147,13 @@ def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
       "  return c\n")
   out = tmp_path / "weights"
   proc = subprocess.run(
-      [sys.executable, "-m", "upocr_jax.convert", f"--config={cfg_file}",
+      [sys.executable, "-m", "upocr_jax.weights.convert", f"--config={cfg_file}",
        f"--checkpoint={tmp_path / 'official.npz'}", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Wrote" in proc.stdout
-  model, vgg = weights.load_weights(str(out), with_vgg=True)
+  model, vgg = weight_dir.load_weights(str(out), with_vgg=True)
   assert_same(model, reference[0])
   for k, v in flat(vgg, FrozenParam).items():
     np.testing.assert_array_equal(v, flat(reference[1], FrozenParam)[k])
@@ -160,6 +161,6 @@ def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
   other = fixture_model_config()
   other.encoder.embed_dim = 16
   with pytest.raises(ValueError, match="encoder.embed_dim"):
-    weights.load_weights(str(out), other)
+    weight_dir.load_weights(str(out), other)
   with pytest.raises(FileExistsError):
-    weights.save_weights(str(out), model)
+    weight_dir.save_weights(str(out), model)

@@ -13,7 +13,9 @@ from PIL import Image
 
 import inference_helpers as helpers
 from input_pipeline import pipeline
-from upocr_jax import evaluate, inference, metrics
+from upocr_jax.evaluation import evaluate
+from upocr_jax.inference import runner
+from upocr_jax.evaluation import metrics
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(workdir):
-  return inference.load_model(workdir)
+  return runner.load_model(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_removal_matches_direct_metrics(model):
   res = evaluate.evaluate(model, config, "text_removal", "synthetic",
                           max_examples=3, progress=False)
   batch = next(pipeline.create_eval_iterator(config, 0, max_examples=3))
-  out = np.asarray(inference.forward(model, batch["image"],
+  out = np.asarray(runner.forward(model, batch["image"],
                                      np.zeros(4, np.int32)))
   per_image = [metrics.text_removal_metrics(
       metrics.to_uint8_like_official(out[i]), batch["target"][i])

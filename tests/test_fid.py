@@ -19,7 +19,16 @@ from PIL import Image
 
 import inference_helpers as helpers
 from input_pipeline import pipeline
-from upocr_jax import convert, evaluate, fid, metrics
+from upocr_jax.weights import convert
+
+# One xdist worker: the tests share the jit-compiled network and the weights.
+from upocr_jax.evaluation import evaluate
+
+# One xdist worker: the tests share the jit-compiled network and the weights.
+from upocr_jax.evaluation import fid
+
+# One xdist worker: the tests share the jit-compiled network and the weights.
+from upocr_jax.evaluation import metrics
 
 # One xdist worker: the tests share the jit-compiled network and the weights.
 pytestmark = pytest.mark.xdist_group("fid")
@@ -193,7 +202,7 @@ def test_pth_loads_and_converts(state_dict, tmp_path):
 def test_convert_cli(weights_npz, state_dict, tmp_path):
   out = tmp_path / "inception.safetensors"
   proc = subprocess.run(
-      [sys.executable, "-m", "upocr_jax.convert", f"--inception={weights_npz}",
+      [sys.executable, "-m", "upocr_jax.weights.convert", f"--inception={weights_npz}",
        f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,7 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import loss_optim_config
 from input_pipeline import schema
 from tests import fixture_utils as fu
-from upocr_jax import convert, losses
+from upocr_jax.weights import convert
+from upocr_jax.train import losses
 from upocr_jax.models.vgg import VGG16Features
 
 TASK_IDS = {name: i for i, name in enumerate(schema.TASKS)}

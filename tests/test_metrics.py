@@ -1,4 +1,4 @@
-"""Tests of upocr_jax.metrics on hand-computed cases and independent references."""
+"""Tests of upocr_jax.evaluation.metrics on hand-computed cases and independent references."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import linalg, ndimage
 from skimage.metrics import structural_similarity
 
-from upocr_jax import metrics as M
+from upocr_jax.evaluation import metrics as M
 
 W = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 

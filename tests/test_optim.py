@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import loss_optim_config
-from upocr_jax import optim
+from upocr_jax.train import optim
 
 
 def _official_epoch_lrs(lr=5e-4, warmup_min_lr=1e-4, min_lr=1e-5, epochs=400,

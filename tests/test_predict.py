@@ -9,8 +9,10 @@ from flax import nnx
 from PIL import Image
 
 import inference_helpers as helpers
-from upocr_jax import postprocess, predict_cli, tiling
-from upocr_jax.predict import Predictor
+from upocr_jax.inference import postprocess
+from upocr_jax.inference import cli
+from upocr_jax.inference import tiling
+from upocr_jax.inference.predictor import Predictor
 
 TASKS = ("text removal", "tampered text detection", "text segmentation")
 
@@ -152,14 +154,14 @@ def test_cli_writes_outputs(ckpt, tmp_path):
   base = ["upocr-predict", "--checkpoint", os.path.dirname(ckpt),  # workdir
           str(src), str(single), "--output-dir", str(out), "--image-size",
           "64", "--batch-size", "4"]
-  predict_cli.main(base + ["--task", "text removal", "--mode", "tiled"])
+  cli.main(base + ["--task", "text removal", "--mode", "tiled"])
   assert Image.open(out / "sub" / "b.png").size == (70, 33)
   assert Image.open(out / "c.png").size == (40, 64)
-  predict_cli.main(base + ["--task", "text segmentation"])
+  cli.main(base + ["--task", "text segmentation"])
   mask = np.asarray(Image.open(out / "a_mask.png"))
   assert mask.shape == (50, 90) and set(np.unique(mask)) <= {0, 255}
   assert Image.open(out / "a_overlay.png").size == (90, 50)
-  predict_cli.main(base + ["--task", "tampered_text_detection"])
+  cli.main(base + ["--task", "tampered_text_detection"])
   assert Image.open(out / "sub" / "b_tamper.png").size == (70, 33)
   report = json.loads((out / "a_regions.json").read_text())
   assert report["image_size"] == [90, 50] and isinstance(report["regions"], list)
@@ -175,13 +177,13 @@ def test_bad_inputs(ckpt, predictor, tmp_path):
   base = ["upocr-predict", "--checkpoint", ckpt, "--task", "text removal",
           "--output-dir", str(tmp_path / "o")]
   with pytest.raises(ValueError, match="broken.png: cannot read image"):
-    predict_cli.main(base + [str(bad)])
+    cli.main(base + [str(bad)])
   with pytest.raises(ValueError, match="empty: folder contains no image"):
-    predict_cli.main(base + [str(empty)])
+    cli.main(base + [str(empty)])
   with pytest.raises(FileNotFoundError, match="missing.jpg: no such file"):
-    predict_cli.main(base + [str(tmp_path / "missing.jpg")])
+    cli.main(base + [str(tmp_path / "missing.jpg")])
   with pytest.raises(ValueError, match="no input"):
-    predict_cli.main(base)
+    cli.main(base)
   with pytest.raises(FileNotFoundError, match="neither a weight directory"):
     Predictor.from_checkpoint(str(tmp_path))
   other = helpers.tiny_config()

@@ -4,7 +4,7 @@
   upocr-train --config configs/upocr.py:paper --workdir gs://... \\
       --config.data.text_removal.root=/data/SCUT-ENS --config.mesh.shape="(1,-1,1)"
 
-Only parses flags; the work is in ``upocr_jax.train.run``.
+Only parses flags; the work is in ``upocr_jax.train.trainer.run``.
 """
 
 from absl import app, flags
@@ -22,8 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from upocr_jax import train  # pylint: disable=g-import-not-at-top
-  train.run(_CONFIG.value, _WORKDIR.value)
+  from upocr_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  trainer.run(_CONFIG.value, _WORKDIR.value)
 
 
 def run_main() -> None:

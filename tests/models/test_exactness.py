@@ -6,7 +6,7 @@ from flax import nnx
 
 from tests.fixture_utils import (fixture, fixture_model_config, nchw_to_nhwc,
                                  official_state_dict)
-from upocr_jax import convert
+from upocr_jax.weights import convert
 from upocr_jax.models import task_ids_from_names
 
 # Checkpoints in forward order: (our intermediate, fixture key, layout).

@@ -6,7 +6,10 @@ import pytest
 
 from input_pipeline import pipeline
 from tests.training import train_helpers as th
-from upocr_jax import losses, optim, sharding, train_step
+from upocr_jax import sharding
+from upocr_jax.train import losses
+from upocr_jax.train import optim
+from upocr_jax.train import train_step
 
 PER_TASK = 8
 # One worker for the whole module (pytest -n 2 --dist loadgroup), so that the

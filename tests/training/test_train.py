@@ -12,7 +12,9 @@ import pytest
 from flax import nnx
 
 from tests.training import train_helpers as th
-from upocr_jax import checkpoint, train, weights
+from upocr_jax.train import checkpoint
+from upocr_jax.train import trainer
+from upocr_jax.weights import weight_dir
 from upocr_jax.models import UPOCR
 
 
@@ -30,7 +32,7 @@ def test_config_errors_name_the_field_before_compiling(tmp_path, edit, field):
   edit(cfg)
   start = time.time()
   with pytest.raises(ValueError) as e:
-    train.validate_config(cfg, num_devices=2)
+    trainer.validate_config(cfg, num_devices=2)
   assert field in str(e.value)
   assert time.time() - start < 5  # nothing was compiled
 
@@ -123,17 +125,17 @@ class _NaNAt:
 
 def test_nan_stops_with_step_and_terms_and_keeps_last_checkpoint(
     tmp_path, monkeypatch):
-  real = train.pipeline.create_train_iterator
-  monkeypatch.setattr(train.pipeline, "create_train_iterator",
+  real = trainer.pipeline.create_train_iterator
+  monkeypatch.setattr(trainer.pipeline, "create_train_iterator",
                       lambda *a, **k: _NaNAt(real(*a, **k), 5))
   cfg = th.micro_config(per_task=1, steps=6)
-  with pytest.raises(train.NonFiniteLossError) as e:
-    train.run(cfg, str(tmp_path), devices=jax.devices()[:1])
+  with pytest.raises(trainer.NonFiniteLossError) as e:
+    trainer.run(cfg, str(tmp_path), devices=jax.devices()[:1])
   msg = str(e.value)
   assert "step 5" in msg and "loss/textremoval_MSR_loss" in msg
   assert "loss/ttd_l1_loss" not in msg   # the other tasks stayed finite
   assert _committed_steps(tmp_path) == [3]
-  model = weights.load_weights(str(tmp_path))
+  model = weight_dir.load_weights(str(tmp_path))
   assert all(np.isfinite(np.asarray(x)).all()
              for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
@@ -141,12 +143,12 @@ def test_nan_stops_with_step_and_terms_and_keeps_last_checkpoint(
 def test_init_from_weight_directory(tmp_path):
   cfg = th.micro_config(per_task=1, steps=3)
   start = UPOCR(cfg, rngs=nnx.Rngs(123))
-  weights.save_weights(str(tmp_path / "w"), start)
+  weight_dir.save_weights(str(tmp_path / "w"), start)
   cfg.init_from = str(tmp_path / "w")
   # lr 0: the trained params must equal the imported ones exactly.
   cfg.optim.lr = cfg.optim.warmup_init_lr = cfg.optim.min_lr = 0.0
-  train.run(cfg, str(tmp_path / "run"), devices=jax.devices()[:1])
-  got = weights.load_weights(str(tmp_path / "run"))
+  trainer.run(cfg, str(tmp_path / "run"), devices=jax.devices()[:1])
+  got = weight_dir.load_weights(str(tmp_path / "run"))
   want = nnx.to_flat_state(nnx.state(start, nnx.Param))
   have = dict(nnx.to_flat_state(nnx.state(got, nnx.Param)))
   for path, v in want:

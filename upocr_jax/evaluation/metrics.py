@@ -238,7 +238,7 @@ class TextRemovalMetrics:
   Images whose MSE is exactly 0 are skipped for every average (the script
   ``continue``s before counting them; FID, computed on all saved files, still
   sees them). FID is only computed when a ``feature_extractor`` (e.g.
-  ``upocr_jax.fid.InceptionFeatureExtractor`` with Inception weights the user
+  ``upocr_jax.evaluation.fid.InceptionFeatureExtractor`` with Inception weights the user
   supplies) is given: a callable mapping an HxWx3 uint8 image to a 1-D feature
   vector. If it also has ``extract_batch(images) -> NxD`` and a ``batch_size``,
   images are buffered and sent that many at a time (an Inception pass per

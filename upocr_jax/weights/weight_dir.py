@@ -24,7 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from upocr_jax import checkpoint
+from upocr_jax.train import checkpoint
 from upocr_jax.models import UPOCR, VGG16Features
 from upocr_jax.models.vgg import FrozenParam
 

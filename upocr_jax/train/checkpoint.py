@@ -4,7 +4,7 @@ Layout: ``WORKDIR/checkpoints/<step>/{params,opt_state,data,config}``. Saving is
 asynchronous and collective (every process calls it; each process writes its
 own data-iterator state). ``params`` is stored on its own so that evaluation and
 prediction can read a workdir without the optimizer (see
-``upocr_jax.weights.load_weights``).
+``upocr_jax.weights.weight_dir.load_weights``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A trained model must beat these to show that it learned anything:
 * tampered text detection: everything background (``all_background``).
 
 They use the same evaluation pipeline and metric accumulators as
-``upocr_jax.evaluate``, so the numbers are directly comparable.
+``upocr_jax.evaluation.evaluate``, so the numbers are directly comparable.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import pipeline
-from upocr_jax import metrics as metrics_lib
-from upocr_jax.evaluate import TASKS, dataset_config
+from upocr_jax.evaluation import metrics as metrics_lib
+from upocr_jax.evaluation.evaluate import TASKS, dataset_config
 
 RED = np.array([255, 0, 0], np.uint8)
 

@@ -24,10 +24,10 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from upocr_jax import inference
-from upocr_jax import postprocess
-from upocr_jax import weights
-from upocr_jax.predict import MODES, Predictor, TAMPERED, load_image
+from upocr_jax.inference import runner
+from upocr_jax.inference import postprocess
+from upocr_jax.weights import weight_dir
+from upocr_jax.inference.predictor import MODES, Predictor, TAMPERED, load_image
 
 _SEG = "text segmentation"
 
@@ -156,9 +156,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
     if not fv[name].value:
       raise ValueError(f"--{name} is required")
   # Cheap checks first: the task against the checkpoint's config, the inputs.
-  saved = weights.read_model_config(
-      inference.resolve_weights_dir(fv.checkpoint))
-  task = inference.canonical_task(fv.task, list(saved.tasks))
+  saved = weight_dir.read_model_config(
+      runner.resolve_weights_dir(fv.checkpoint))
+  task = runner.canonical_task(fv.task, list(saved.tasks))
   inputs = collect_inputs(list(argv[1:]))
   predictor = Predictor.from_checkpoint(
       fv.checkpoint, mode=fv.mode, image_size=fv.image_size, config=fv.config,
@@ -184,4 +184,4 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
 
 def run_main() -> None:
   """Console entry point (``upocr-predict``)."""
-  inference.run_cli("upocr-predict", define_flags, main)
+  runner.run_cli("upocr-predict", define_flags, main)

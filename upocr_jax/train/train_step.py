@@ -18,7 +18,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from upocr_jax import losses, sharding
+from upocr_jax import sharding
+
+from upocr_jax.train import losses
 from upocr_jax.models import UPOCR
 
 Array = jax.Array

@@ -12,7 +12,7 @@ full-resolution output clamped to [0, 1], then
   (``(x * 255).astype(uint8)``) and compared at the model size with the ground
   truth resized the same way (SCUT-EnsText test images are 512x512 already, so
   this is the original resolution for the paper's setting); FID (pytorch-fid's
-  pipeline, see upocr_jax.fid) only with ``--inception_weights``;
+  pipeline, see upocr_jax.evaluation.fid) only with ``--inception_weights``;
 * text segmentation / tampered text detection: the float output resized
   bilinearly to the label's original size inside the metrics (threshold 0.4 on
   the channel mean / argmax over channels), one confusion matrix per set.
@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import pipeline
-from upocr_jax import inference
-from upocr_jax import metrics as metrics_lib
+from upocr_jax.inference import runner
+from upocr_jax.evaluation import metrics as metrics_lib
 from upocr_jax import sharding
 from upocr_jax.models import UPOCR
 
@@ -66,7 +66,7 @@ def dataset_config(config: ml_collections.ConfigDict, task: str,
     raise ValueError(f"dataset {dataset!r} has no {task!r} labels; it "
                      f"evaluates {list(DATASETS[dataset])}")
   cfg = ml_collections.ConfigDict(config.to_dict())
-  key = inference.task_key(task)
+  key = runner.task_key(task)
   if dataset == "synthetic":
     cfg.data[key].source = "synthetic"
   elif cfg.data[key].source == "synthetic":
@@ -150,12 +150,12 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     mesh: shard the batch over ``batch_axes`` of this mesh (the global eval
       batch must divide by their size); required with several processes.
     batch_axes: mesh axes the batch is split over (default: the first axis).
-    mssim_mode, seg_threshold, feature_extractor: see upocr_jax.metrics.
+    mssim_mode, seg_threshold, feature_extractor: see upocr_jax.evaluation.metrics.
   Returns:
-    The metrics of upocr_jax.metrics (TextRemovalMetrics / SegmentationMetrics
+    The metrics of upocr_jax.evaluation.metrics (TextRemovalMetrics / SegmentationMetrics
     / TamperMetrics ``result()``) plus 'task' and 'dataset'.
   """
-  task = inference.canonical_task(task, list(model.config.tasks))
+  task = runner.canonical_task(task, list(model.config.tasks))
   cfg = dataset_config(config, task, dataset)
   if mesh is None and jax.process_count() > 1:
     raise ValueError("evaluate: pass the mesh when running on several processes")
@@ -180,10 +180,10 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     acc = metrics_lib.TamperMetrics()
   out_dir = None
   if save_dir:
-    out_dir = os.path.join(save_dir, inference.task_key(task))
+    out_dir = os.path.join(save_dir, runner.task_key(task))
     os.makedirs(out_dir, exist_ok=True)
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=steps, desc=f"eval {dataset}/{inference.task_key(task)}",
+  bar = tqdm(total=steps, desc=f"eval {dataset}/{runner.task_key(task)}",
              disable=not progress or jax.process_index() != 0)
 
   def consume(batch, out):
@@ -210,7 +210,7 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
       ids = np.full(len(batch["image"]), model_task_id, np.int32)
       # Dispatch is asynchronous: the device runs this batch while the host
       # computes the metrics of the previous one.
-      out = inference.forward(model, _put(batch["image"], mesh, spec),
+      out = runner.forward(model, _put(batch["image"], mesh, spec),
                               _put(ids, mesh, spec))
       if pending is not None:
         consume(*pending)
@@ -247,7 +247,7 @@ def flatten_metrics(results: dict[str, dict], dataset: str) -> dict[str, float]:
     for k, v in res.items():
       if (k not in _NON_METRICS and isinstance(v, (int, float))
           and not isinstance(v, bool)):
-        flat[f"{prefix}{inference.task_key(task)}/{k}"] = float(v)
+        flat[f"{prefix}{runner.task_key(task)}/{k}"] = float(v)
   return flat
 
 
@@ -374,16 +374,16 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
     if fv[name].value is None:
       raise ValueError(f"--{name} is required")
   config = fv.config
-  model = inference.load_model(fv.checkpoint, config.model)
+  model = runner.load_model(fv.checkpoint, config.model)
   tasks = DATASETS[fv.dataset]
   if fv.task:
-    tasks = (inference.canonical_task(fv.task, list(tasks)),)
+    tasks = (runner.canonical_task(fv.task, list(tasks)),)
   out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
   extractor = None
   if fv.inception_weights:
     if "text removal" in tasks:
       # Loaded before the evaluation, so bad weights fail before any work.
-      from upocr_jax import fid  # pylint: disable=g-import-not-at-top
+      from upocr_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       extractor = fid.InceptionFeatureExtractor(
           fv.inception_weights, batch_size=fv.fid_batch_size)
     else:
@@ -412,4 +412,4 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
 
 def run_main() -> None:
   """Console entry point (``upocr-eval``)."""
-  inference.run_cli("upocr-eval", define_flags, main)
+  runner.run_cli("upocr-eval", define_flags, main)

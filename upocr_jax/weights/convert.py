@@ -7,14 +7,14 @@ Python::
   vgg = convert.load_vgg("vgg16-397923af.pth")     # torchvision state dict
   inception = convert.load_inception("pt_inception-2015-12-05-6726825d.pth")
 
-Command line (writes a weight directory, see ``upocr_jax.weights``)::
+Command line (writes a weight directory, see ``upocr_jax.weights.weight_dir``)::
 
-  python -m upocr_jax.convert --checkpoint upocr.pth \\
+  python -m upocr_jax.weights.convert --checkpoint upocr.pth \\
       --config configs/upocr.py:paper --out weights/upocr_paper
 
 pytorch-fid's FID Inception weights, to .npz for machines without torch::
 
-  python -m upocr_jax.convert \\
+  python -m upocr_jax.weights.convert \\
       --inception pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
 Sources: a ``.pth``/``.pt`` file (needs torch: ``pip install upocr_jax[torch]``),
@@ -276,7 +276,7 @@ def _to_torch_layout(key: str, value: np.ndarray) -> np.ndarray:
 
 def load_vgg(source: str | os.PathLike | Mapping[str, Any], *,
              strict: bool = True) -> VGG16Features:
-  """VGG16 features from an official UPOCR checkpoint or torchvision weights.
+  """VGG16 features from an official UPOCR checkpoint or torchvision weight_dir.
 
   A torchvision ``vgg16`` state dict (``features.N.weight``; its classifier
   is ignored) or any dict with the official ``vgg16.enc_G.I.*`` keys.
@@ -316,7 +316,7 @@ def inception_key(path: tuple[Any, ...]) -> str:
 
 def load_inception(source: str | os.PathLike | Mapping[str, Any], *,
                    strict: bool = True) -> FIDInceptionV3:
-  """The FID Inception network holding pytorch-fid's weights.
+  """The FID Inception network holding pytorch-fid's weight_dir.
 
   Args:
     source: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (needs
@@ -325,7 +325,7 @@ def load_inception(source: str | os.PathLike | Mapping[str, Any], *,
     strict: raise on any missing, unexpected or mis-shaped key (naming each).
 
   Returns:
-    An ``FIDInceptionV3`` (see ``upocr_jax.fid`` for the matching input
+    An ``FIDInceptionV3`` (see ``upocr_jax.evaluation.fid`` for the matching input
     pipeline).
   """
   name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
@@ -334,7 +334,7 @@ def load_inception(source: str | os.PathLike | Mapping[str, Any], *,
   except ImportError as e:
     raise ImportError(
         f"reading {name} needs torch, which is not installed. Convert it once "
-        "on a machine with torch: python -m upocr_jax.convert --inception "
+        "on a machine with torch: python -m upocr_jax.weights.convert --inception "
         f"{name} --out inception_fid.npz, and pass the .npz instead") from e
   fc = sd.get("fc.weight")
   if fc is not None and fc.shape[0] != _FID_NUM_CLASSES:
@@ -417,7 +417,7 @@ def _define_flags():
 
 def _main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from upocr_jax import weights  # pylint: disable=g-import-not-at-top
+  from upocr_jax.weights import weight_dir  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise SystemExit(f"upocr-convert: unexpected arguments {argv[1:]}")
   f = flags.FLAGS
@@ -432,7 +432,7 @@ def _main(argv) -> None:
     vgg = load_vgg(f.vgg, strict=f.strict)
   n = sum(int(np.prod(v.shape)) for v in
           jax.tree.leaves(nnx.state(model, nnx.Param)))
-  weights.save_weights(f.out, model, vgg)
+  weight_dir.save_weights(f.out, model, vgg)
   print(f"Wrote {f.out}: UPOCR with {n:,} parameters"
         + ("" if vgg is None else " + VGG16 loss features")
         + f" ({f.config.variant if 'variant' in f.config else 'config'}).")

@@ -341,11 +341,11 @@ def load_loss_vgg(loss_config: ml_collections.ConfigDict):
     return None
   path = os.fspath(lc.vgg_weights)
   if os.path.isdir(path):
-    from upocr_jax import weights
-    _, vgg = weights.load_weights(path, with_vgg=True)
+    from upocr_jax.weights import weight_dir
+    _, vgg = weight_dir.load_weights(path, with_vgg=True)
     if vgg is None:
       raise ValueError(f"config.loss.vgg_weights: weight directory {path} "
                        "holds no VGG16 weights")
     return vgg
-  from upocr_jax import convert
+  from upocr_jax.weights import convert
   return convert.load_vgg(path)

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from upocr_jax import weights as weights_lib
+from upocr_jax.weights import weight_dir
 from upocr_jax.models import UPOCR
 
 WEIGHTS_SUBDIR = "weights"  # A weight directory kept inside a workdir.
@@ -39,14 +39,14 @@ def resolve_weights_dir(path: str) -> str:
   """
   if not os.path.isdir(path):
     raise FileNotFoundError(f"--checkpoint {path}: no such directory")
-  if weights_lib.is_workdir(path):
+  if weight_dir.is_workdir(path):
     return path
   for cand in (path, os.path.join(path, WEIGHTS_SUBDIR)):
-    if os.path.isfile(os.path.join(cand, weights_lib.CONFIG_FILE)):
+    if os.path.isfile(os.path.join(cand, weight_dir.CONFIG_FILE)):
       return cand
   raise FileNotFoundError(
       f"--checkpoint {path}: neither a weight directory (with "
-      f"{weights_lib.CONFIG_FILE} and {weights_lib.PARAMS_DIR}/) nor a training "
+      f"{weight_dir.CONFIG_FILE} and {weight_dir.PARAMS_DIR}/) nor a training "
       "workdir (with checkpoints/; `upocr-convert` writes a weight directory "
       "from official weights)")
 
@@ -60,7 +60,7 @@ def load_model(checkpoint: str,
     model_config: ``config.model`` that the checkpoint must match (a clear
       ValueError names the differing fields); None uses the saved one.
   """
-  return weights_lib.load_weights(resolve_weights_dir(checkpoint), model_config)
+  return weight_dir.load_weights(resolve_weights_dir(checkpoint), model_config)
 
 
 def task_key(name: str) -> str:

@@ -24,8 +24,12 @@ from flax import nnx
 from configs.loss_optim_config import (validate_loss_config,
                                        validate_optim_config)
 from input_pipeline import pipeline
-from upocr_jax import checkpoint, losses, optim, sharding, train_step
-from upocr_jax.metric_writer import MetricWriter, format_line
+from upocr_jax import sharding
+from upocr_jax.train import checkpoint
+from upocr_jax.train import losses
+from upocr_jax.train import optim
+from upocr_jax.train import train_step
+from upocr_jax.train.metric_writer import MetricWriter, format_line
 from upocr_jax.models import validate_model_config
 
 TASK_KEYS = losses.TASK_KEYS
@@ -153,9 +157,9 @@ def _load_vgg(config, mesh):
 
 
 def _init_from(config, setup) -> Any:
-  from upocr_jax import weights  # pylint: disable=g-import-not-at-top
+  from upocr_jax.weights import weight_dir  # pylint: disable=g-import-not-at-top
   logging.info("initialising from %s", config.init_from)
-  model = weights.load_weights(config.init_from, config.model)
+  model = weight_dir.load_weights(config.init_from, config.model)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return jax.device_put(params, setup.param_shardings)
 
@@ -299,7 +303,7 @@ class _Hooks:
   def after_step(self, step, params, writer, last_step):
     t = self.config.train
     if t.preview_every and (step % t.preview_every == 0 or last_step):
-      from upocr_jax import preview  # pylint: disable=g-import-not-at-top
+      from upocr_jax.train import preview  # pylint: disable=g-import-not-at-top
       if self._samples is None:  # the same images all run long: read once
         self._samples = preview.fixed_samples(self.config)
       path = preview.write_preview(self._model(params), self.config,
@@ -309,7 +313,7 @@ class _Hooks:
         logging.info("preview: %s", path)
     if (t.eval_every and step % t.eval_every == 0) or (last_step and
                                                        t.final_eval):
-      from upocr_jax import evaluate  # pylint: disable=g-import-not-at-top
+      from upocr_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
       results = evaluate.run_evals(
           self._model(params), self.config, step, mesh=self.mesh,
           batch_axes=tuple(self.config.sharding.batch_axes))
@@ -323,7 +327,7 @@ class _Hooks:
 def _report_against_baselines(config, results: dict[str, float],
                               is_main: bool) -> dict[str, float]:
   """Prints the final synthetic evaluation next to the trivial baselines."""
-  from upocr_jax import baselines  # pylint: disable=g-import-not-at-top
+  from upocr_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
   base = baselines.flat_baselines(config, "synthetic",
                                   config.evals.max_examples)
   if is_main:

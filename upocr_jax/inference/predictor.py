@@ -2,7 +2,7 @@
 
 Python::
 
-  from upocr_jax.predict import Predictor
+  from upocr_jax.inference.predictor import Predictor
   predictor = Predictor.from_checkpoint("workdir/weights", mode="tiled")
   clean = predictor(image, "text removal")           # uint8 HxWx3, input size
   seg = predictor(image, "text segmentation")        # uint8 HxWx3 text map
@@ -30,11 +30,11 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageOps
 
-from upocr_jax import inference
-from upocr_jax import tiling
-from upocr_jax.metrics import resize_bilinear, to_uint8_like_official
+from upocr_jax.inference import runner
+from upocr_jax.inference import tiling
+from upocr_jax.evaluation.metrics import resize_bilinear, to_uint8_like_official
 from upocr_jax.models import UPOCR
-from upocr_jax.postprocess import SEG_THRESHOLD, tamper_regions
+from upocr_jax.inference.postprocess import SEG_THRESHOLD, tamper_regions
 
 MODES = ("resize", "tiled")
 DEFAULT_IMAGE_SIZE = 512  # The paper's model size.
@@ -132,7 +132,7 @@ class Predictor:
         ``config.model`` (a ValueError names the differing fields).
       **kwargs: the other ``Predictor`` arguments.
     """
-    model = inference.load_model(checkpoint,
+    model = runner.load_model(checkpoint,
                                  None if config is None else config.model)
     if image_size is None:
       image_size = (config.data.image_size if config is not None
@@ -141,7 +141,7 @@ class Predictor:
 
   def task_id(self, task: str) -> int:
     """Index of ``task`` (name or key) in the model's tasks."""
-    return self.tasks.index(inference.canonical_task(task, self.tasks))
+    return self.tasks.index(runner.canonical_task(task, self.tasks))
 
   def predict_maps(self, images: Sequence[ImageLike], task: str
                    ) -> list[np.ndarray]:
@@ -156,7 +156,7 @@ class Predictor:
           a if a.shape[:2] == (s, s) else
           np.asarray(Image.fromarray(a).resize((s, s), Image.Resampling.BICUBIC))
           for a in arrays])
-      outs = inference.predict_batches(self.model, batch, task_id,
+      outs = runner.predict_batches(self.model, batch, task_id,
                                        self.batch_size)
       # Bilinear like the official evaluation's upsampling of label maps.
       return [resize_bilinear(o, *a.shape[:2]) for o, a in zip(outs, arrays)]
@@ -164,7 +164,7 @@ class Predictor:
              for a in arrays]
     tiles = np.concatenate([tiling.extract_tiles(a, g)
                             for a, g in zip(arrays, grids)])
-    outs = inference.predict_batches(self.model, tiles, task_id,
+    outs = runner.predict_batches(self.model, tiles, task_id,
                                      self.batch_size)
     maps, k = [], 0
     for g in grids:
@@ -175,7 +175,7 @@ class Predictor:
   def finish(self, output_map: np.ndarray, task: str):
     """uint8 output (plus regions for tampered text) from a float map."""
     out = to_uint8_like_official(output_map)
-    if inference.canonical_task(task, self.tasks) == TAMPERED:
+    if runner.canonical_task(task, self.tasks) == TAMPERED:
       return out, tamper_regions(output_map, self.min_region_area)
     return out
 
@@ -200,5 +200,5 @@ class Predictor:
 
 def run_main() -> None:
   """Entry point of ``upocr-predict``."""
-  from upocr_jax import predict_cli  # pylint: disable=g-import-not-at-top
-  predict_cli.run_main()
+  from upocr_jax.inference import cli  # pylint: disable=g-import-not-at-top
+  cli.run_main()

@@ -11,7 +11,7 @@ from uint8 images (what the PNGs hold), jitted and batched.
 
 The network weights are never downloaded: the user passes pytorch-fid's
 ``pt_inception-2015-12-05-6726825d.pth`` (needs torch to read) or the .npz that
-``python -m upocr_jax.convert --inception X.pth --out X.npz`` writes from it.
+``python -m upocr_jax.weights.convert --inception X.pth --out X.npz`` writes from it.
 
 Python::
 
@@ -20,7 +20,7 @@ Python::
 
 Command line, like ``python -m pytorch_fid dir1 dir2``::
 
-  python -m upocr_jax.fid inception_fid.npz dir1 dir2
+  python -m upocr_jax.evaluation.fid inception_fid.npz dir1 dir2
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from flax import nnx
 from numpy.typing import ArrayLike
 from PIL import Image
 
-from upocr_jax import metrics
+from upocr_jax.evaluation import metrics
 from upocr_jax.models.inception import FEATURE_DIM, FIDInceptionV3
 
 INCEPTION_SIZE = 299
@@ -116,7 +116,7 @@ class InceptionFeatureExtractor:
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(weights, FIDInceptionV3):
-      from upocr_jax import convert  # pylint: disable=g-import-not-at-top
+      from upocr_jax.weights import convert  # pylint: disable=g-import-not-at-top
       weights = convert.load_inception(weights)
     self.graphdef, self.state = nnx.split(weights)
     self.batch_size = batch_size
@@ -179,9 +179,9 @@ def fid_of_folders(folder1: str, folder2: str,
 
 
 def main(argv: Sequence[str]) -> None:
-  """``python -m upocr_jax.fid WEIGHTS DIR1 DIR2``: prints the FID."""
+  """``python -m upocr_jax.evaluation.fid WEIGHTS DIR1 DIR2``: prints the FID."""
   if len(argv) != 4:
-    raise SystemExit("usage: python -m upocr_jax.fid INCEPTION_WEIGHTS DIR1 "
+    raise SystemExit("usage: python -m upocr_jax.evaluation.fid INCEPTION_WEIGHTS DIR1 "
                      "DIR2")
   extractor = InceptionFeatureExtractor(argv[1])
   print(f"FID: {fid_of_folders(argv[2], argv[3], extractor)}")

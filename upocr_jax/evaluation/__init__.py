@@ -1,0 +1,1 @@
+"""Evaluation: the eval loop and CLI, the official metrics, FID, trivial baselines."""

@@ -1,0 +1,1 @@
+"""Inference: the Predictor API, tiling, post-processing and the predict CLI."""

@@ -1,0 +1,1 @@
+"""Training: the loop, the jitted step, losses, optimizer, checkpoints, metric logs, previews."""
