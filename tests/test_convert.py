@@ -12,7 +12,7 @@ from tests.fixture_utils import fixture_model_config, official_state_dict
 from upocr_jax.weights import convert
 from upocr_jax.weights import weight_dir
 
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

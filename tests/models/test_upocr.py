@@ -11,7 +11,7 @@ from flax import nnx
 from configs import upocr as upocr_config
 from upocr_jax.models import (UPOCR, ConfigError, VGG16Features,
                               task_ids_from_names)
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 # Module fixtures are built once: one worker runs the module (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("models")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 Array = jax.Array
 

@@ -38,7 +38,7 @@ from absl import logging
 from flax import nnx
 
 from upocr_jax.models import FIDInceptionV3, UPOCR, VGG16Features
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 _BUFFERS = ("relative_coords_table", "relative_position_index")
 # First index in torchvision's vgg16().features of each conv group.
