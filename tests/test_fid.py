@@ -17,18 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import inference_helpers as helpers
 from input_pipeline import pipeline
-from upocr_jax.weights import convert
-
-# One xdist worker: the tests share the jit-compiled network and the weights.
+from tests import inference_helpers as helpers
 from upocr_jax.evaluation import evaluate
-
-# One xdist worker: the tests share the jit-compiled network and the weights.
 from upocr_jax.evaluation import fid
-
-# One xdist worker: the tests share the jit-compiled network and the weights.
 from upocr_jax.evaluation import metrics
+from upocr_jax.inference import image_ops
+from upocr_jax.weights import convert
 
 # One xdist worker: the tests share the jit-compiled network and the weights.
 pytestmark = pytest.mark.xdist_group("fid")
@@ -102,7 +97,7 @@ def test_live_against_pytorch_fid(extractor, state_dict):
 def test_preprocess_is_torch_bilinear_then_scaled():
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (1, 20, 31, 3), np.uint8)
-  expected = metrics.resize_bilinear(img[0].astype(np.float32) / 255, 299, 299)
+  expected = image_ops.resize_bilinear(img[0].astype(np.float32) / 255, 299, 299)
   np.testing.assert_allclose(np.asarray(fid.preprocess(img))[0],
                              2 * expected - 1, atol=1e-6)
   # Already 299x299: only the scaling, as F.interpolate to the same size.

@@ -10,7 +10,7 @@ from input_pipeline import pipeline
 from input_pipeline import schema
 from input_pipeline import synthetic
 from input_pipeline import transforms
-import data_helpers
+from tests.input_pipeline import data_helpers
 
 
 def _take(it, n):

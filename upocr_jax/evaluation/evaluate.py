@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import pipeline
+from upocr_jax.inference import image_ops
 from upocr_jax.inference import runner
 from upocr_jax.evaluation import metrics as metrics_lib
 from upocr_jax import sharding
@@ -190,14 +191,14 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     out = _get(out, mesh, spec)
     for i in np.nonzero(batch["example_mask"])[0]:
       if task == "text removal":
-        pred = metrics_lib.to_uint8_like_official(out[i])
+        pred = image_ops.to_uint8_like_official(out[i])
         acc.update(pred, batch["target"][i])
       else:
         acc.update(out[i], batch["orig_target"][i])
         if out_dir:
           h, w = batch["orig_target"][i].shape[:2]
-          pred = metrics_lib.to_uint8_like_official(
-              metrics_lib.resize_bilinear(out[i], h, w))
+          pred = image_ops.to_uint8_like_official(
+              image_ops.resize_bilinear(out[i], h, w))
       if out_dir:
         name = _stem(batch["name"][i])
         Image.fromarray(pred).save(os.path.join(out_dir, name + ".png"))

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 
 from upocr_jax.inference import runner
 from upocr_jax.inference import tiling
-from upocr_jax.evaluation.metrics import resize_bilinear, to_uint8_like_official
+from upocr_jax.inference.image_ops import resize_bilinear, to_uint8_like_official
 from upocr_jax.models import UPOCR
 from upocr_jax.inference.postprocess import SEG_THRESHOLD, tamper_regions
 
