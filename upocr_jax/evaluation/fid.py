@@ -40,6 +40,7 @@ from PIL import Image
 from upocr_jax.evaluation import metrics
 from upocr_jax.inference import image_ops
 from upocr_jax.models.inception import FEATURE_DIM, FIDInceptionV3
+from upocr_jax.weights import inception_weights
 
 INCEPTION_SIZE = 299
 # The file types pytorch-fid 0.3.0 globs for (lower case only, as it does).
@@ -117,8 +118,7 @@ class InceptionFeatureExtractor:
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(weights, FIDInceptionV3):
-      from upocr_jax.weights import convert  # pylint: disable=g-import-not-at-top
-      weights = convert.load_inception(weights)
+      weights = inception_weights.load_inception(weights)
     self.graphdef, self.state = nnx.split(weights)
     self.batch_size = batch_size
 

@@ -26,6 +26,7 @@ from numpy.typing import ArrayLike
 
 from upocr_jax.inference.image_ops import (resize_bilinear,
                                            to_uint8_like_official)
+from upocr_jax.tasks import SEG_THRESHOLD, TAMPER_CLASSES
 
 __all__ = [
     'text_removal_metrics', 'TextRemovalMetrics', 'SegmentationMetrics',
@@ -360,7 +361,7 @@ class SegmentationMetrics:
   as the official loader does; 0 is background, 255 text, anything else ignored.
   """
 
-  def __init__(self, threshold: float = 0.4):
+  def __init__(self, threshold: float = SEG_THRESHOLD):
     if not 0 <= threshold <= 1:
       raise ValueError(f'threshold must be in [0, 1], got {threshold}')
     self.threshold = threshold
@@ -393,7 +394,6 @@ class SegmentationMetrics:
             'threshold': self.threshold, 'num_images': self.num_images}
 
 
-TAMPER_CLASSES = ('background', 'real', 'tampered')
 
 
 class TamperMetrics:
