@@ -71,11 +71,6 @@ def make_setup(config: ml_collections.ConfigDict, mesh: Mesh,
           abstract_params, param_sh))
 
 
-def _unit(x: Array) -> Array:
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else \
-      x.astype(jnp.float32)
-
-
 def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
                     tx: optax.GradientTransformation,
                     schedule: Callable[[Array], Array],
@@ -92,7 +87,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
 
   def step_fn(params, opt_state, vgg_params, batch, step, key):
     rng = jax.random.fold_in(key, step)
-    images = _unit(batch["image"])
+    images = losses.to_unit_float(batch["image"])
     vgg = None if vgg_graphdef is None else nnx.merge(vgg_graphdef, vgg_params)
 
     def loss_fn(p):
