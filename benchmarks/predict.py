@@ -40,7 +40,7 @@ def main() -> None:
   if a.dtype:
     config.model.dtype = a.dtype
   t = time.perf_counter()
-  model = nnx.jit(lambda: UPOCR(config, rngs=nnx.Rngs(0)))()
+  model = nnx.jit(lambda: UPOCR(config.model, rngs=nnx.Rngs(0)))()
   jax.block_until_ready(nnx.state(model))
   init_s = time.perf_counter() - t
   forward = nnx.jit(lambda m, x, ids: m(x, ids)[-1])

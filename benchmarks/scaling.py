@@ -82,7 +82,6 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
@@ -94,11 +93,13 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import hlo  # noqa: E402
 from configs import upocr as upocr_config  # noqa: E402
+from input_pipeline.layout import BatchLayout  # noqa: E402
+from upocr_jax import config_checks  # noqa: E402
 from upocr_jax import sharding  # noqa: E402
-from upocr_jax.train import losses  # noqa: E402
+from upocr_jax.tasks import TASK_KEYS  # noqa: E402
 from upocr_jax.train import optim  # noqa: E402
-from upocr_jax.train import trainer  # noqa: E402
 from upocr_jax.train import train_step  # noqa: E402
 from upocr_jax.models import VGG16Features  # noqa: E402
 
@@ -108,11 +109,6 @@ from upocr_jax.models import VGG16Features  # noqa: E402
 # takes about half the time.
 FAST_CODEGEN = {"xla_backend_optimization_level": 0,
                 "xla_llvm_disable_expensive_passes": True}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-               "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
-                "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
-                "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
 # A placeholder so that the config validates: the VGG16 of the perceptual and
 # style losses is built abstractly (random, never materialised); its weights
 # do not change the shapes of the compiled step.
@@ -195,143 +191,6 @@ def _replication_notes(config: ml_collections.ConfigDict, mesh) -> list[str]:
   return sorted(set(notes))
 
 
-# ------------------------------------------------------------ collectives ---
-
-_HEADER_RE = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(")
-_DEF_RE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
-_SHAPE_RE = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
-_CALLS_RE = re.compile(
-    r"\b(body|condition|to_apply|calls|branch_computations|"
-    r"true_computation|false_computation)=(\{[^}]*\}|%?[\w.\-]+)")
-_TRIP_RE = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
-
-
-def _shapes(text: str) -> list[int]:
-  """Bytes of each array shape in an HLO type, e.g. (f32[2,3]{1,0}, s32[])."""
-  return [_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-          for dtype, dims in _SHAPE_RE.findall(text) if dtype in _DTYPE_BYTES]
-
-
-def _group_size(attrs: str, num_devices: int) -> int:
-  """Devices per replica group of a collective, from its HLO attributes."""
-  # mesh['axis_0'=2,'axis_1'=4] {'axis_1'} (optionally with device_ids=(...)
-  # before the braces): the listed axes form a group.
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", attrs)
-  if m:
-    sizes = dict((k, int(v)) for k, v in re.findall(r"'([^']+)'=(\d+)",
-                                                     m.group(1)))
-    return math.prod(sizes[k] for k in re.findall(r"'([^']+)'", m.group(2)))
-  m = re.search(r"replica_groups=\[([0-9,]+)\]<=", attrs)  # iota form
-  if m:
-    return int(m.group(1).split(",")[-1])
-  m = re.search(r"replica_groups=\{\{([0-9,]*)\}", attrs)
-  if m and m.group(1):
-    return len(m.group(1).split(","))
-  return num_devices  # {} means all devices
-
-
-def _split_type(rhs: str) -> tuple[str, str]:
-  """'(f32[2], s32[]) op(args), attrs' -> ('(f32[2], s32[])', 'op(args)...')."""
-  if rhs.startswith("("):
-    depth = 0
-    for i, ch in enumerate(rhs):
-      depth += (ch == "(") - (ch == ")")
-      if depth == 0:
-        return rhs[:i + 1], rhs[i + 1:].lstrip()
-  head, _, tail = rhs.partition(" ")
-  return head, tail
-
-
-def _split_operands(rest: str) -> tuple[str, str]:
-  """'operands), attrs' -> (operands, attrs), honouring nested parentheses."""
-  depth = 1
-  for i, ch in enumerate(rest):
-    depth += (ch == "(") - (ch == ")")
-    if depth == 0:
-      return rest[:i], rest[i + 1:]
-  return rest, ""
-
-
-def parse_collectives(hlo_text: str, num_devices: int) -> dict[str, dict]:
-  """Collectives per step in optimized HLO text: ops, arrays, bytes.
-
-  Args:
-    hlo_text: ``compiled.as_text()`` of an SPMD-partitioned program (shapes
-      are per device).
-    num_devices: devices of the program (size of a group written ``{}``).
-
-  Returns:
-    ``{kind: {"count", "arrays", "bytes", "wire_bytes"}}`` for every kind in
-    COLLECTIVES. ``count``: ops executed per step (XLA combines many small
-    collectives into one op on a tuple; ``arrays`` counts the tensors in
-    them); an op inside a while loop with a known trip count counts once per
-    iteration. ``bytes``: per device, the larger of operand and result (the
-    tensor reduced / gathered / exchanged). ``wire_bytes``: what one device
-    sends with ring algorithms for a group of n: all-reduce 2(n-1)/n,
-    all-gather / reduce-scatter / all-to-all (n-1)/n of that tensor,
-    collective-permute all of it.
-  """
-  types: dict[str, str] = {}        # instruction name -> result type
-  comps: dict[str, list[tuple[str, str, str, str]]] = {}
-  edges: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
-  entry, current = None, None
-  for line in hlo_text.splitlines():
-    if line and not line[0].isspace():
-      m = _HEADER_RE.match(line)
-      if m and line.rstrip().endswith("{"):
-        current = m.group(2)
-        comps[current] = []
-        entry = current if m.group(1) else entry
-      continue
-    m = _DEF_RE.match(line) if current is not None else None
-    if not m:
-      continue
-    name, rhs = m.groups()
-    result, rest = _split_type(rhs)
-    types[name] = result
-    op, paren, rest = rest.partition("(")
-    if not paren:
-      continue
-    trip = _TRIP_RE.search(rest)
-    for kind, names in _CALLS_RE.findall(rest):
-      for callee in names.strip("{}").split(","):
-        mult = int(trip.group(1)) if kind == "body" and trip else 1
-        edges[current].append((callee.strip().lstrip("%"), mult))
-    base = op[:-len("-start")] if op.endswith("-start") else op
-    if base in COLLECTIVES:
-      comps[current].append((base, result, *_split_operands(rest)))
-  # How many times each computation runs per step (the call graph is a DAG).
-  times: dict[str, int] = collections.defaultdict(int)
-
-  def visit(comp: str, n: int) -> None:
-    times[comp] += n
-    for callee, mult in edges.get(comp, ()):
-      visit(callee, n * mult)
-
-  if entry is not None:
-    visit(entry, 1)
-  out = {k: {"count": 0, "arrays": 0, "bytes": 0, "wire_bytes": 0}
-         for k in COLLECTIVES}
-  for comp, instrs in comps.items():
-    n_run = times.get(comp, 0)
-    for kind, result, operands, attrs in instrs:
-      ins = [b for o in re.findall(r"%([\w.\-]+)", operands)
-             for b in _shapes(types.get(o, ""))]
-      # Async *-start ops return (operands..., results..., [contexts]): the
-      # largest of input and output per tensor is counted, so the tail does.
-      outs = _shapes(result)[-len(ins):] if ins else _shapes(result)
-      size = sum(max(i, o) for i, o in zip(ins, outs)) if ins and len(
-          ins) == len(outs) else max(sum(ins), sum(outs))
-      g = _group_size(attrs, num_devices)
-      frac = (1.0 if kind == "collective-permute" else
-              2 * (g - 1) / g if kind == "all-reduce" else (g - 1) / g)
-      out[kind]["count"] += n_run
-      out[kind]["arrays"] += n_run * max(len(ins), 1)
-      out[kind]["bytes"] += n_run * size
-      out[kind]["wire_bytes"] += int(n_run * size * frac)
-  return out
-
-
 # ------------------------------------------------------------- the bench ---
 
 def load_config(variant: str) -> ml_collections.ConfigDict:
@@ -356,7 +215,7 @@ def reduced_config(config: ml_collections.ConfigDict,
 
 def _fit_batch(config: ml_collections.ConfigDict, shards: int) -> None:
   """Raises a per-task batch that the data-parallel size does not divide."""
-  for key in losses.TASK_KEYS:
+  for key in TASK_KEYS:
     b = config.data[key].batch_size
     if b % shards:
       config.data[key].batch_size = shards * -(-b // shards)
@@ -368,7 +227,7 @@ def _describe(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "encoder_depths": list(m.encoder.depths),
           "decoder_depths": list(m.decoder.depths), "dtype": m.dtype,
           "batch_per_task": [config.data[k].batch_size
-                             for k in losses.TASK_KEYS]}
+                             for k in TASK_KEYS]}
 
 
 @dataclasses.dataclass
@@ -388,9 +247,9 @@ def _build(config: ml_collections.ConfigDict, shape: Sequence[int],
   devices = list(devices)[:math.prod(shape)]
   mesh = sharding.make_mesh(config, devices)
   _fit_batch(config, sharding.num_batch_shards(mesh, config))
-  shards = trainer.validate_config(config, len(devices))
-  n_sched = trainer.schedule_steps(config)
-  tx = optim.make_optimizer(config.optim, n_sched)
+  checked = config_checks.check_config(config, len(devices))
+  shards = checked.num_data_shards
+  tx = optim.make_optimizer(config.optim, checked.schedule_steps)
   return config, _Built(mesh, train_step.make_setup(config, mesh, tx), tx,
                         shards)
 
@@ -428,8 +287,8 @@ def lower_train_step(config: ml_collections.ConfigDict, shape: Sequence[int],
   """
   config, b = _build(config, shape, devices)
   mesh, setup = b.mesh, b.setup
-  n_sched = trainer.schedule_steps(config)
-  layout = losses.BatchLayout.from_data_config(config.data, b.shards)
+  n_sched = config_checks.schedule_steps(config)
+  layout = BatchLayout.from_data_config(config.data, b.shards)
   vgg_graphdef = vgg_params = None
   if config.loss.perceptual or config.loss.style:
     vgg_graphdef, vgg_state = nnx.split(nnx.eval_shape(
@@ -494,7 +353,7 @@ def compiled_figures(config: ml_collections.ConfigDict, shape: Sequence[int],
       "hlo_config": {**_describe(config), "params_bytes_total": param_bytes},
       "lower_s": round(lower_s, 1),
       "compile_s": round(compile_s, 1),
-      "collectives": parse_collectives(text, math.prod(shape))}
+      "collectives": hlo.parse_collectives(text, math.prod(shape))}
   try:
     ma = compiled.memory_analysis()
     out["memory_analysis"] = {
@@ -595,7 +454,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
              f"{r['params_ratio']:.3f}", _mib(r["opt_bytes_per_device"]),
              f"{r['opt_ratio']:.3f}"]
     coll = r.get("collectives")
-    for k in COLLECTIVES:
+    for k in hlo.COLLECTIVES:
       c = coll[k] if coll else None
       cells.append("" if c is None else "0" if not c["count"] else
                    f"{c['count']} / {_mib(c['bytes'])}")

@@ -45,10 +45,11 @@ sys.path.insert(0, __file__.rsplit("/", 2)[0])  # the repo root, for configs/
 
 from benchmarks import flops as flops_lib  # noqa: E402
 from configs import upocr as upocr_config  # noqa: E402
+from input_pipeline.layout import BatchLayout  # noqa: E402
+from upocr_jax import config_checks  # noqa: E402
 from upocr_jax import sharding  # noqa: E402
-from upocr_jax.train import losses  # noqa: E402
+from upocr_jax.tasks import TASK_KEYS  # noqa: E402
 from upocr_jax.train import optim  # noqa: E402
-from upocr_jax.train import trainer  # noqa: E402
 from upocr_jax.train import train_step  # noqa: E402
 from upocr_jax.models.vgg import VGG16Features  # noqa: E402
 
@@ -73,7 +74,7 @@ def load_config(spec: str, overrides: list[str]):
   return config
 
 
-def random_batch(config, layout: losses.BatchLayout, seed: int = 0):
+def random_batch(config, layout: BatchLayout, seed: int = 0):
   """A batch of the pipeline's layout and dtypes, random content."""
   rng = np.random.default_rng(seed)
   b, s = layout.batch_size, config.data.image_size
@@ -116,11 +117,11 @@ def make_step(config):
   """(jitted train step, setup, layout, mesh, VGG graphdef or None)."""
   mesh = sharding.make_mesh(config, jax.devices()[:1]) \
       if jax.device_count() > 1 else sharding.make_mesh(config)
-  n = trainer.schedule_steps(config)
+  n = config_checks.schedule_steps(config)
   tx = optim.make_optimizer(config.optim, n)
   schedule = optim.make_schedule(config.optim, n)
   setup = train_step.make_setup(config, mesh, tx)
-  layout = losses.BatchLayout.from_data_config(config.data, 1)
+  layout = BatchLayout.from_data_config(config.data, 1)
   vgg_graphdef = None
   if config.loss.perceptual or config.loss.style:
     vgg_graphdef = nnx.graphdef(nnx.eval_shape(
@@ -131,7 +132,7 @@ def make_step(config):
 
 
 def _set_batch(config, batch_per_task: int) -> None:
-  for key in losses.TASK_KEYS:
+  for key in TASK_KEYS:
     config.data[key].batch_size = batch_per_task
 
 

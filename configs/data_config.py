@@ -23,7 +23,7 @@ Per task (``config.data.text_removal``, ``.tampered_text_detection``,
 
 import ml_collections
 
-_TASK_KEYS = ("text_removal", "tampered_text_detection", "text_segmentation")
+from upocr_jax import tasks
 
 
 def _task(root: str, train_splits, eval_splits, tfds_name: str,
@@ -111,7 +111,7 @@ def get_data_config(variant: str) -> ml_collections.ConfigDict:
     # 512 examples per task, each read ~45 times in the demo: drawing them
     # once cuts the input pipeline from 30 to 6 ms of CPU per batch of 12.
     d.synthetic.cache = True
-    for key in _TASK_KEYS:
+    for key in tasks.TASK_KEYS:
       d[key].source = "synthetic"
       d[key].batch_size = 3
     # Redrawing the background (what PSNR measures) is the slowest skill to

@@ -15,13 +15,12 @@ import ml_collections
 
 from configs import data_config
 from configs import loss_optim_config
-
-TASKS = ("text removal", "tampered text detection", "text segmentation")
+from upocr_jax import tasks
 
 
 def _model_config(variant: str) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
-  m.tasks = TASKS
+  m.tasks = tasks.TASKS
   m.patch_size = 4
   m.mlp_ratio = 4.0
   # Compute dtype of matmuls/convs; softmax, norms and the position-bias MLP stay
@@ -136,7 +135,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
                            if variant == "paper" else ("synthetic",))
   config.evals.max_examples = -1
   config.evals.mssim_mode = "official"
-  config.evals.seg_threshold = 0.4
+  config.evals.seg_threshold = tasks.SEG_THRESHOLD
   config.loss = loss_optim_config.get_loss_config(variant)
   config.optim = loss_optim_config.get_optim_config(variant)
   if variant == "tiny":
@@ -147,9 +146,6 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
     # the identity's varies by about 5 dB, so 32 images left a +-1.2 dB
     # standard error on the text-removal margin; 128 take ~4 s more.
     config.data.synthetic.num_eval = 128
-  # -1: the schedule spans config.train.steps (so --config.train.steps=N
-  # rescales it); > 0: a fixed schedule length (e.g. to stop a run early).
-  config.optim.total_steps = -1
   _parallel_config(config)
   # A weight directory (upocr-convert output, or WORKDIR/weights of a run) to
   # start from, e.g. the released pre-training weights.

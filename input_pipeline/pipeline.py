@@ -1,38 +1,15 @@
 """Training and evaluation pipelines: per-task grain pipelines, one batch.
 
-Training batch layout
----------------------
-Let D be the number of data-parallel shards of the global batch (the product of
-the mesh axes the batch is split over), P the number of processes, and b_t the
-configured global batch size of task t (``config.data.<task>.batch_size``); each
-b_t must divide by D, k_t = b_t / D. The GLOBAL batch of B = sum_t b_t examples
-is, along axis 0::
-
-  [shard 0: task 0 x k_0, task 1 x k_1, task 2 x k_2,
-   shard 1: task 0 x k_0, task 1 x k_1, task 2 x k_2, ...,  shard D-1: ...]
-
-so that splitting axis 0 into D equal contiguous blocks gives every data shard
-its share of every task. Process p builds the contiguous block of shards
-p*D/P .. (p+1)*D/P - 1 (local batch B/P), ready for
-``jax.make_array_from_process_local_data``. When D < P (P a multiple of D), the
-P/D processes of one data shard produce identical batches (one shard each).
-
-Each batch is a dict of numpy arrays:
-  image     uint8 (or float32 in [0, 1]) (B, S, S, 3)
-  target    same dtype as image, (B, S, S, 3)
-  valid     bool (B, S, S)   False on ignore pixels
-  text_mask uint8 (or float32) (B, S, S, 1)  text removal: 1 on non-text;
-            other tasks: all ones
-  task_id   int32 (B,)
-  name      list of B source file names (for logging / debugging)
+The training batch layout (which example belongs to which task and data shard,
+which process builds which block, the arrays of a batch) is in layout.py.
 
 Per task the example stream is: source -> shuffle (the task's own seed, new order
 each epoch) -> repeat -> augmentation (a per-element RNG from the config seed,
 the task and the element's global index) -> this process's data shards' slots
-of each step (disjoint across processes) -> the layout above. The global batch
-is therefore the same whatever the number of processes that read it. The returned iterator's ``get_state``/
-``set_state`` (or orbax via ``grain.checkpoint.CheckpointSave/Restore``) resume
-exactly where it stopped.
+of each step (disjoint across processes) -> that layout. The global batch is
+therefore the same whatever the number of processes that read it. The returned
+iterator's ``get_state``/``set_state`` (or orbax via
+``grain.checkpoint.CheckpointSave/Restore``) resume exactly where it stopped.
 """
 
 import sys
@@ -41,28 +18,14 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from input_pipeline import layout
 from input_pipeline import schema
 from input_pipeline import sources
 from input_pipeline import transforms
 
 
-def local_shards(process_index: int, process_count: int,
-                 num_data_shards: int) -> tuple[int, int, int]:
-  """(stream shard index, stream shard count, data shards on this process)."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, "
-                     f"{process_count})")
-  if num_data_shards % process_count == 0:
-    return process_index, process_count, num_data_shards // process_count
-  if process_count % num_data_shards == 0:
-    per_shard = process_count // num_data_shards
-    return process_index // per_shard, num_data_shards, 1
-  raise ValueError(f"num_data_shards ({num_data_shards}) and process_count "
-                   f"({process_count}) must divide one another")
-
-
 class _TaskInterleave(grain.MapDataset):
-  """Flat stream: the examples of each step in the layout order (see top)."""
+  """Flat stream: the examples of each step in the layout order (layout.py)."""
 
   def __init__(self, parents: Sequence[grain.MapDataset],
                per_shard: Sequence[int], first_shard: int,
@@ -150,21 +113,6 @@ def _maybe_workers(ds: grain.IterDataset, data_config: Any) -> grain.IterDataset
   return ds
 
 
-def per_shard_batch_sizes(data_config: Any, num_data_shards: int) -> list[int]:
-  """k_t: examples of each task per data shard per step."""
-  sizes = []
-  for key in schema.TASK_KEYS:
-    b = data_config[key].batch_size
-    if b < 0 or b % num_data_shards:
-      raise ValueError(f"config.data.{key}.batch_size={b} must be a "
-                       f"non-negative multiple of num_data_shards="
-                       f"{num_data_shards}")
-    sizes.append(b // num_data_shards)
-  if not any(sizes):
-    raise ValueError("every task has batch_size 0")
-  return sizes
-
-
 def create_train_dataset(config: Any, process_index: int = 0,
                          process_count: int = 1,
                          num_data_shards: int = 1) -> grain.IterDataset:
@@ -181,9 +129,9 @@ def create_train_dataset(config: Any, process_index: int = 0,
     ValueError: an inconsistent config.
   """
   data_config = config.data if "data" in config else config
-  per_shard = per_shard_batch_sizes(data_config, num_data_shards)
-  shard, shard_count, n_local = local_shards(process_index, process_count,
-                                             num_data_shards)
+  per_shard = layout.per_shard_batch_sizes(data_config, num_data_shards)
+  shard, shard_count, n_local = layout.local_shards(
+      process_index, process_count, num_data_shards)
   task_ds = []
   for task_id, k in enumerate(per_shard):
     if k == 0:

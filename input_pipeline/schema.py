@@ -22,10 +22,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-TASKS = ("text removal", "tampered text detection", "text segmentation")
-TEXT_REMOVAL, TAMPERED, SEGMENTATION = 0, 1, 2
-# Short config keys of the tasks, in task-id order.
-TASK_KEYS = ("text_removal", "tampered_text_detection", "text_segmentation")
+from upocr_jax import tasks
+
+# The task names, ids and keys are defined once, in upocr_jax/tasks.py; the
+# schema's ``task_id`` is their id. Re-exported: the sources spell them
+# ``schema.TEXT_REMOVAL`` etc.
+TASKS, TASK_KEYS = tasks.TASKS, tasks.TASK_KEYS
+TEXT_REMOVAL, TAMPERED, SEGMENTATION = (tasks.TEXT_REMOVAL, tasks.TAMPERED,
+                                        tasks.SEGMENTATION)
 
 IGNORE_VALUE = 128
 # TextSeg `*_maskfg.png` values -> target grey level (official conversion:

@@ -24,7 +24,7 @@ def tiny_config():
 def random_model(config=None, seed: int = 0) -> UPOCR:
   """A tiny UPOCR with random parameters (norm scales 1, biases 0)."""
   config = config or tiny_config()
-  abstract = nnx.eval_shape(lambda: UPOCR(config, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: UPOCR(config.model, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
   pure = nnx.to_pure_dict(state)

@@ -1,4 +1,5 @@
-"""benchmarks/scaling.py: exact per-device memory and the HLO collective parser.
+"""benchmarks/scaling.py and hlo.py: exact per-device memory, the HLO collective
+parser.
 
 Compiling even the micro train step takes 30-40 s of CPU here, so the
 collective parser is checked on small compiled functions whose collectives are
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from benchmarks import hlo
 from benchmarks import scaling
 from tests.training import train_helpers as th
 
@@ -46,12 +48,12 @@ def test_parser_data_parallel_gradient_is_one_all_reduce():
                            sharding=NamedSharding(mesh, P("data")))
   grad = jax.jit(jax.grad(lambda w, x: jnp.sum((x @ w) ** 2)),
                  out_shardings=NamedSharding(mesh, P()))
-  coll = scaling.parse_collectives(grad.lower(w, x).compile().as_text(), 2)
+  coll = hlo.parse_collectives(grad.lower(w, x).compile().as_text(), 2)
   assert coll["all-reduce"]["count"] == 1, coll
   assert coll["all-reduce"]["bytes"] == 64 * 32 * 4
   # A ring all-reduce over 2 devices sends 2 (n-1)/n = 1 times the tensor.
   assert coll["all-reduce"]["wire_bytes"] == 64 * 32 * 4
-  assert sum(coll[k]["count"] for k in scaling.COLLECTIVES) == 1
+  assert sum(coll[k]["count"] for k in hlo.COLLECTIVES) == 1
 
 
 def test_parser_fsdp_all_gathers_the_weight():
@@ -65,7 +67,7 @@ def test_parser_fsdp_all_gathers_the_weight():
     return w - 0.1 * jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w)))(w)
 
   text = jax.jit(sgd, out_shardings=w_sh).lower(w, x).compile().as_text()
-  coll = scaling.parse_collectives(text, 2)
+  coll = hlo.parse_collectives(text, 2)
   gathered = coll["all-gather"]
   assert gathered["count"] >= 1, coll
   # Each all-gather here yields the whole (64, 32) weight on every device.
@@ -84,7 +86,7 @@ def test_parser_counts_collectives_in_a_loop_per_iteration():
 
   text = jax.jit(f, out_shardings=NamedSharding(mesh, P("data"))).lower(
       x).compile().as_text()
-  coll = scaling.parse_collectives(text, 2)
+  coll = hlo.parse_collectives(text, 2)
   assert coll["all-reduce"]["count"] == 5, coll
   assert coll["all-reduce"]["bytes"] == 5 * 4
 
@@ -106,7 +108,7 @@ def test_parser_reads_tuple_all_reduce_and_mesh_replica_groups():
       "all-reduce(%p0, %p1), channel_id=1, replica_groups=mesh['axis_0'=2,"
       "'axis_1'=4] {'axis_1'}, to_apply=%add",
       "}"])
-  coll = scaling.parse_collectives(text, 8)["all-reduce"]
+  coll = hlo.parse_collectives(text, 8)["all-reduce"]
   assert coll == {"count": 1, "arrays": 2, "bytes": 4 * 8 * 4 + 16 * 2,
                   "wire_bytes": int((4 * 8 * 4 + 16 * 2) * 2 * 3 / 4)}
   # Groups of a reordered mesh name their axes after a device_ids list.
@@ -114,7 +116,7 @@ def test_parser_reads_tuple_all_reduce_and_mesh_replica_groups():
       "mesh['axis_0'=2,'axis_1'=4] {'axis_1'}",
       "mesh['axis_0'=1,'axis_1'=4,'axis_2'=2], device_ids=([2,4]T(1,0)) "
       "{'axis_2'}")
-  coll = scaling.parse_collectives(text, 8)["all-reduce"]
+  coll = hlo.parse_collectives(text, 8)["all-reduce"]
   assert coll["wire_bytes"] == 4 * 8 * 4 + 16 * 2   # n = 2
 
 

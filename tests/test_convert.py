@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 
 from tests.fixture_utils import fixture_model_config, official_state_dict
-from upocr_jax.weights import convert
+from upocr_jax.models.layers import FrozenParam
+from upocr_jax.weights import official
+from upocr_jax.weights import vgg_weights
 from upocr_jax.weights import weight_dir
-
-from upocr_jax.models.vgg import FrozenParam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,17 +36,17 @@ def assert_same(a, b):
 
 @pytest.fixture(scope="module")
 def reference(sd):
-  return convert.load_official(sd, fixture_model_config(), return_vgg=True)
+  return official.load_official(sd, fixture_model_config(), return_vgg=True)
 
 
 def test_every_key_used_and_buffers_ignored(sd):
   full = dict(sd)
   full["encoder.backbone.layers.0.blocks.0.attn.relative_position_index"] = (
       np.zeros((64, 64), np.int64))
-  model, vgg = convert.load_official(full, fixture_model_config(),
+  model, vgg = official.load_official(full, fixture_model_config(),
                                      return_vgg=True)
   assert vgg is not None
-  back = convert.to_official_state_dict(model, vgg)
+  back = official.to_official_state_dict(model, vgg)
   assert set(back) == set(sd)   # every official key maps to a parameter
   for k, v in back.items():
     np.testing.assert_array_equal(v, sd[k], err_msg=k)
@@ -55,14 +55,14 @@ def test_every_key_used_and_buffers_ignored(sd):
 def test_wrappers_and_file_formats(sd, reference, tmp_path):
   model, _ = reference
   wrapped = {"model": {"module." + k: v for k, v in sd.items()}}
-  assert_same(convert.load_official(wrapped, fixture_model_config()), model)
+  assert_same(official.load_official(wrapped, fixture_model_config()), model)
   np.savez(tmp_path / "w.npz", **sd)
-  assert_same(convert.load_official(tmp_path / "w.npz", fixture_model_config()),
+  assert_same(official.load_official(tmp_path / "w.npz", fixture_model_config()),
               model)
   from safetensors.numpy import save_file
   save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
             str(tmp_path / "w.safetensors"))
-  assert_same(convert.load_official(str(tmp_path / "w.safetensors"),
+  assert_same(official.load_official(str(tmp_path / "w.safetensors"),
                                     fixture_model_config()), model)
 
 
@@ -73,7 +73,7 @@ def test_pth_with_official_wrapping(sd, reference, tmp_path):
   # The official Checkpointer also pickles its argparse.Namespace.
   torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
               "epoch": 3, "args": argparse.Namespace(lr=5e-4)}, path)
-  assert_same(convert.load_official(path, fixture_model_config()), reference[0])
+  assert_same(official.load_official(path, fixture_model_config()), reference[0])
 
 
 @pytest.mark.parametrize("edit,needle", [
@@ -88,7 +88,7 @@ def test_bad_keys_are_named(sd, edit, needle):
   bad = dict(sd)
   edit(bad)
   with pytest.raises(ValueError) as e:
-    convert.load_official(bad, fixture_model_config())
+    official.load_official(bad, fixture_model_config())
   assert needle in str(e.value)
 
 
@@ -96,7 +96,7 @@ def test_non_strict_reports_and_keeps_initial_values(sd, reference, caplog):
   bad = dict(sd)
   del bad["proj.bias"]
   bad["junk"] = np.zeros(2)
-  model = convert.load_official(bad, fixture_model_config(), strict=False)
+  model = official.load_official(bad, fixture_model_config(), strict=False)
   ref = flat(reference[0])
   got = flat(model)
   np.testing.assert_array_equal(got[("proj", "kernel")], ref[("proj", "kernel")])
@@ -108,15 +108,15 @@ def test_wrong_architecture_is_an_error(sd):
   cfg = fixture_model_config()
   cfg.encoder.depths = [2, 2, 4, 2]
   with pytest.raises(ValueError, match="missing .*encoder.backbone.layers.2"):
-    convert.load_official(sd, cfg)
+    official.load_official(sd, cfg)
 
 
 def test_bad_sources(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.pth"):
-    convert.load_official(tmp_path / "nope.pth", fixture_model_config())
+    official.load_official(tmp_path / "nope.pth", fixture_model_config())
   (tmp_path / "w.txt").write_text("x")
   with pytest.raises(ValueError, match="w.txt: unknown format"):
-    convert.load_official(tmp_path / "w.txt", fixture_model_config())
+    official.load_official(tmp_path / "w.txt", fixture_model_config())
 
 
 def test_torchvision_vgg16(sd, reference):
@@ -127,12 +127,12 @@ def test_torchvision_vgg16(sd, reference):
       start = (0, 5, 10)[int(group[-1]) - 1]
       tv[f"features.{start + int(idx)}.{leaf}"] = v
   tv["classifier.0.weight"] = np.zeros((4, 4), np.float32)  # ignored
-  vgg = convert.load_vgg(tv)
+  vgg = vgg_weights.load_vgg(tv)
   ref = flat(reference[1], FrozenParam)
   for k, v in flat(vgg, FrozenParam).items():
     np.testing.assert_array_equal(v, ref[k])
   with pytest.raises(ValueError, match="features.0.weight"):
-    convert.load_vgg({k: v for k, v in tv.items() if k != "features.0.weight"})
+    vgg_weights.load_vgg({k: v for k, v in tv.items() if k != "features.0.weight"})
 
 
 def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):

@@ -11,11 +11,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from flax import nnx
 from PIL import Image
 
-import inference_helpers as helpers
 from input_pipeline import pipeline
+from tests import inference_helpers as helpers
 from upocr_jax.evaluation import evaluate
-from upocr_jax.inference import runner
 from upocr_jax.evaluation import metrics
+from upocr_jax.inference import image_ops
+from upocr_jax.inference import runner
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_removal_matches_direct_metrics(model):
   out = np.asarray(runner.forward(model, batch["image"],
                                      np.zeros(4, np.int32)))
   per_image = [metrics.text_removal_metrics(
-      metrics.to_uint8_like_official(out[i]), batch["target"][i])
+      image_ops.to_uint8_like_official(out[i]), batch["target"][i])
                for i in range(3)]
   assert res["num_images"] == 3
   for k in ("psnr", "mse", "mssim", "pceps"):

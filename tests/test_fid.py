@@ -17,18 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import inference_helpers as helpers
 from input_pipeline import pipeline
-from upocr_jax.weights import convert
-
-# One xdist worker: the tests share the jit-compiled network and the weights.
+from tests import inference_helpers as helpers
 from upocr_jax.evaluation import evaluate
-
-# One xdist worker: the tests share the jit-compiled network and the weights.
 from upocr_jax.evaluation import fid
-
-# One xdist worker: the tests share the jit-compiled network and the weights.
 from upocr_jax.evaluation import metrics
+from upocr_jax.inference import image_ops
+from upocr_jax.weights import inception_weights
 
 # One xdist worker: the tests share the jit-compiled network and the weights.
 pytestmark = pytest.mark.xdist_group("fid")
@@ -102,7 +97,7 @@ def test_live_against_pytorch_fid(extractor, state_dict):
 def test_preprocess_is_torch_bilinear_then_scaled():
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (1, 20, 31, 3), np.uint8)
-  expected = metrics.resize_bilinear(img[0].astype(np.float32) / 255, 299, 299)
+  expected = image_ops.resize_bilinear(img[0].astype(np.float32) / 255, 299, 299)
   np.testing.assert_allclose(np.asarray(fid.preprocess(img))[0],
                              2 * expected - 1, atol=1e-6)
   # Already 299x299: only the scaling, as F.interpolate to the same size.
@@ -157,7 +152,7 @@ def test_bad_keys_are_named(state_dict, edit, needle):
   bad = dict(state_dict)
   edit(bad)
   with pytest.raises(ValueError) as e:
-    convert.load_inception(bad)
+    inception_weights.load_inception(bad)
   assert needle in str(e.value)
 
 
@@ -167,7 +162,7 @@ def test_unused_keys_are_ignored_and_bad_files_named(state_dict, tmp_path,
                               "fc.bias": np.zeros(1008, np.float32),
                               "Mixed_5b.branch1x1.bn.num_batches_tracked":
                                   np.zeros((), np.int64)})
-  convert.load_inception(extra)  # the real file's extra keys are fine
+  inception_weights.load_inception(extra)  # the real file's extra keys are fine
   bad = tmp_path / "weights.h5"
   bad.write_bytes(b"")
   with pytest.raises(ValueError, match=r"weights.h5: unknown format '.h5'"):
@@ -179,7 +174,7 @@ def test_unused_keys_are_ignored_and_bad_files_named(state_dict, tmp_path,
   monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
   with pytest.raises(ImportError, match=r"needs torch.*--inception .*"
                      r"pt_inception.pth --out inception_fid.npz"):
-    convert.load_inception(str(pth))
+    inception_weights.load_inception(str(pth))
 
 
 def test_pth_loads_and_converts(state_dict, tmp_path):
@@ -187,7 +182,7 @@ def test_pth_loads_and_converts(state_dict, tmp_path):
   sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
   sd.update({"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)})
   torch.save(sd, tmp_path / "pt_inception.pth")
-  n = convert.convert_inception(tmp_path / "pt_inception.pth",
+  n = inception_weights.convert_inception(tmp_path / "pt_inception.pth",
                                 tmp_path / "inception.npz")
   assert n == len(state_dict)
   with np.load(tmp_path / "inception.npz") as z:
@@ -195,7 +190,7 @@ def test_pth_loads_and_converts(state_dict, tmp_path):
     for k in z.files:
       np.testing.assert_array_equal(z[k], state_dict[k])
   with pytest.raises(FileExistsError):
-    convert.convert_inception(tmp_path / "pt_inception.pth",
+    inception_weights.convert_inception(tmp_path / "pt_inception.pth",
                               tmp_path / "inception.npz")
 
 
@@ -207,8 +202,8 @@ def test_convert_cli(weights_npz, state_dict, tmp_path):
       env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "FID Inception" in proc.stdout
-  model = convert.load_inception(str(out))
-  got = convert.inception_state_dict(model)
+  model = inception_weights.load_inception(str(out))
+  got = inception_weights.inception_state_dict(model)
   assert sorted(got) == sorted(state_dict)
   np.testing.assert_array_equal(got["Mixed_7c.branch_pool.conv.weight"],
                                 state_dict["Mixed_7c.branch_pool.conv.weight"])

@@ -12,10 +12,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import loss_optim_config
 from input_pipeline import schema
+from input_pipeline.layout import BatchLayout
 from tests import fixture_utils as fu
-from upocr_jax.weights import convert
-from upocr_jax.train import losses
+from upocr_jax import config_checks
+from upocr_jax.tasks import SEGMENTATION, TAMPERED, TASK_KEYS, TEXT_REMOVAL
 from upocr_jax.models.vgg import VGG16Features
+from upocr_jax.train import losses
+from upocr_jax.weights import vgg_weights
 
 TASK_IDS = {name: i for i, name in enumerate(schema.TASKS)}
 
@@ -29,24 +32,24 @@ def _paper_loss_config():
 @functools.lru_cache(maxsize=None)
 def _fixture_result():
   f = fu.fixture()
-  vgg = convert.load_vgg({k: v for k, v in fu.official_state_dict().items()
+  vgg = vgg_weights.load_vgg({k: v for k, v in fu.official_state_dict().items()
                           if k.startswith("vgg16.")})
   tasks = [TASK_IDS[t] for t in f["loss/input/tasks"]]
   n, _, h, w = f["loss/input/images"].shape
   target = np.zeros((n, h, w, 3), np.float32)
   mask = np.ones((n, h, w, 1), np.float32)
-  tr = [i for i, t in enumerate(tasks) if t == losses.TEXT_REMOVAL]
+  tr = [i for i, t in enumerate(tasks) if t == TEXT_REMOVAL]
   target[tr] = fu.nchw_to_nhwc(f["loss/tr_gt"])
   mask[tr] = fu.nchw_to_nhwc(f["loss/tr_mask"])
-  target[tasks.index(losses.SEGMENTATION)] = fu.nchw_to_nhwc(
+  target[tasks.index(SEGMENTATION)] = fu.nchw_to_nhwc(
       f["loss/seg_target"])[0]
-  target[tasks.index(losses.TAMPERED)] = fu.nchw_to_nhwc(
+  target[tasks.index(TAMPERED)] = fu.nchw_to_nhwc(
       f["loss/ttd_target"])[0]
   ignore = np.float32(128) / np.float32(255)
   batch = dict(image=fu.nchw_to_nhwc(f["loss/input/images"]), target=target,
                valid=~np.all(target == ignore, axis=-1), text_mask=mask)
   outputs = [fu.nchw_to_nhwc(f[f"loss/output/{i}"]) for i in range(3)]
-  layout = losses.BatchLayout.from_task_ids(tasks)
+  layout = BatchLayout.from_task_ids(tasks)
   lc = _paper_loss_config()
   _, metrics = jax.jit(
       lambda o, b: losses.upocr_loss(o, b, vgg, lc, layout))(outputs, batch)
@@ -64,7 +67,7 @@ def test_fixture_loss_terms(name):
 # Synthetic batches: 2 data shards of [removal x2, tampered x1, segmentation x1]
 # --------------------------------------------------------------------------
 S = 32
-LAYOUT = losses.BatchLayout.from_counts((2, 1, 1), num_shards=2)
+LAYOUT = BatchLayout.from_counts((2, 1, 1), num_shards=2)
 
 
 def _random_batch(seed=0):
@@ -73,14 +76,14 @@ def _random_batch(seed=0):
   target = rng.integers(0, 256, (b, S, S, 3)).astype(np.uint8)
   valid = np.ones((b, S, S), bool)
   for i, t in enumerate(LAYOUT.task_ids):
-    if t != losses.TEXT_REMOVAL:
+    if t != TEXT_REMOVAL:
       target[i] = rng.choice([0, 255], (S, S, 3)).astype(np.uint8)
       ig = rng.random((S, S)) < 0.2
       target[i][ig] = 128
       valid[i] = ~ig
   mask = np.ones((b, S, S, 1), np.uint8)
   for i, t in enumerate(LAYOUT.task_ids):
-    if t == losses.TEXT_REMOVAL:
+    if t == TEXT_REMOVAL:
       mask[i] = (rng.random((S, S, 1)) < 0.7).astype(np.uint8)
   batch = dict(image=rng.integers(0, 256, (b, S, S, 3)).astype(np.uint8),
                target=target, valid=valid, text_mask=mask)
@@ -113,11 +116,11 @@ def test_vgg_sees_only_text_removal_examples():
   fn, vgg = _synthetic_fn()
   fn(*_random_batch())
   # Output, composite and target of the 4 removal examples, not the batch of 8.
-  assert vgg.batch_sizes == [3 * LAYOUT.count(losses.TEXT_REMOVAL)] == [12]
+  assert vgg.batch_sizes == [3 * LAYOUT.count(TEXT_REMOVAL)] == [12]
 
 
-@pytest.mark.parametrize("changed", [losses.TEXT_REMOVAL, losses.TAMPERED,
-                                     losses.SEGMENTATION])
+@pytest.mark.parametrize("changed", [TEXT_REMOVAL, TAMPERED,
+                                     SEGMENTATION])
 def test_other_tasks_examples_do_not_change_a_task_loss(changed):
   fn, _ = _synthetic_fn()
   outputs, batch = _random_batch(1)
@@ -131,8 +134,8 @@ def test_other_tasks_examples_do_not_change_a_task_loss(changed):
   for k in batch:
     batch[k][idx] = other_batch[k][idx]
   _, new = fn(outputs, batch)
-  prefix = {losses.TEXT_REMOVAL: "textremoval_", losses.TAMPERED: "ttd_",
-            losses.SEGMENTATION: "textseg_"}
+  prefix = {TEXT_REMOVAL: "textremoval_", TAMPERED: "ttd_",
+            SEGMENTATION: "textseg_"}
   for name in losses.METRIC_NAMES[:-1]:
     a, b = float(base[name]), float(new[name])
     if name.startswith(prefix[changed]):
@@ -160,8 +163,8 @@ def test_ignore_pixels_excluded_and_pooled_mean():
   fn, _ = _synthetic_fn()
   outputs, batch = _random_batch(3)
   _, m = fn(outputs, batch)
-  for task, name in ((losses.TAMPERED, "ttd_l1_loss"),
-                     (losses.SEGMENTATION, "textseg_l1_loss")):
+  for task, name in ((TAMPERED, "ttd_l1_loss"),
+                     (SEGMENTATION, "textseg_l1_loss")):
     want = _np_smooth_l1_task(outputs, batch, task, (5, 6, 10))
     np.testing.assert_allclose(float(m[name]), want, rtol=1e-5)
   # Wild predictions on ignore pixels change nothing.
@@ -180,7 +183,7 @@ def test_ignore_pixels_get_no_gradient():
       lambda o: losses.upocr_loss(o, batch, None, lc, LAYOUT)[0]))(outputs)
   g = np.asarray(grads[-1])
   ignored = ~batch["valid"]
-  ignored[np.asarray(LAYOUT.task_ids) == losses.TEXT_REMOVAL] = False
+  ignored[np.asarray(LAYOUT.task_ids) == TEXT_REMOVAL] = False
   assert ignored.any() and np.all(g[ignored] == 0)
   assert np.any(g[batch["valid"]] != 0)
 
@@ -195,7 +198,7 @@ def test_perceptual_and_style_off_skip_vgg():
   want = sum(float(m[k]) for k in ("textremoval_MSR_loss", "ttd_l1_loss",
                                    "textseg_l1_loss"))
   np.testing.assert_allclose(float(total), want, rtol=1e-6)
-  assert losses.load_loss_vgg(lc) is None
+  assert vgg_weights.load_loss_vgg(lc) is None
 
 
 def test_task_and_term_weights():
@@ -215,29 +218,29 @@ def test_task_and_term_weights():
 def test_missing_vgg_weights_is_a_config_error():
   lc = loss_optim_config.get_loss_config("paper")
   with pytest.raises(ValueError, match=r"config\.loss\.vgg_weights"):
-    loss_optim_config.validate_loss_config(lc)
+    config_checks.check_loss(lc)
   with pytest.raises(ValueError, match=r"config\.loss\.vgg_weights"):
-    losses.load_loss_vgg(lc)
+    vgg_weights.load_loss_vgg(lc)
   lc.style = False
   with pytest.raises(ValueError, match=r"config\.loss\.perceptual is on"):
-    loss_optim_config.validate_loss_config(lc)
+    config_checks.check_loss(lc)
   lc.vgg_weights = "/some/vgg16.pth"
-  loss_optim_config.validate_loss_config(lc)
+  config_checks.check_loss(lc)
 
 
 def test_layout_helpers():
-  lay = losses.BatchLayout.from_data_config(
+  lay = BatchLayout.from_data_config(
       loss_optim_config.ml_collections.ConfigDict(
-          {k: {"batch_size": 4} for k in losses.TASK_KEYS}), num_shards=2)
+          {k: {"batch_size": 4} for k in TASK_KEYS}), num_shards=2)
   assert lay.task_ids == (0, 0, 1, 1, 2, 2) * 2
-  assert lay == losses.BatchLayout.from_task_ids(lay.task_ids, 2)
-  assert losses.TASK_KEYS == schema.TASK_KEYS
-  assert (losses.TEXT_REMOVAL, losses.TAMPERED, losses.SEGMENTATION) == (
+  assert lay == BatchLayout.from_task_ids(lay.task_ids, 2)
+  assert TASK_KEYS == schema.TASK_KEYS
+  assert (TEXT_REMOVAL, TAMPERED, SEGMENTATION) == (
       schema.TEXT_REMOVAL, schema.TAMPERED, schema.SEGMENTATION)
   with pytest.raises(ValueError, match="not one block"):
-    losses.BatchLayout.from_task_ids((0, 1, 1, 0), 2)
+    BatchLayout.from_task_ids((0, 1, 1, 0), 2)
   x = jnp.arange(12)
-  lay = losses.BatchLayout.from_task_ids((2, 0, 1, 0, 0, 1) * 2, 2)
+  lay = BatchLayout.from_task_ids((2, 0, 1, 0, 0, 1) * 2, 2)
   assert list(losses.select_task(x, lay, 0)) == [1, 3, 4, 7, 9, 10]
   assert list(losses.select_task(x, lay, 2)) == [0, 6]
 
@@ -247,7 +250,7 @@ def test_sharded_loss_moves_no_examples_between_shards():
   reductions) moves no example between devices: the only collectives are
   all-reduces of scalars (the partial sums of the means)."""
   mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
-  lay = losses.BatchLayout.from_counts((2, 1, 1), num_shards=4)
+  lay = BatchLayout.from_counts((2, 1, 1), num_shards=4)
   sh = NamedSharding(mesh, P("data"))
   b = lay.batch_size
   outputs = [jnp.zeros((b, S // s, S // s, 3)) for s in (4, 2, 1)]
@@ -274,8 +277,8 @@ def test_load_loss_vgg_from_a_checkpoint_file(tmp_path):
                     if k.startswith("vgg16.")})
   lc = _paper_loss_config()
   lc.vgg_weights = str(path)
-  vgg = losses.load_loss_vgg(lc)
-  ref = convert.load_vgg(str(path))
+  vgg = vgg_weights.load_loss_vgg(lc)
+  ref = vgg_weights.load_vgg(str(path))
   x = jnp.full((1, 16, 16, 3), 0.5)
   for a, b in zip(vgg(x), ref(x)):
     np.testing.assert_array_equal(a, b)

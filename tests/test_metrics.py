@@ -8,6 +8,7 @@ from scipy import linalg, ndimage
 from skimage.metrics import structural_similarity
 
 from upocr_jax.evaluation import metrics as M
+from upocr_jax.inference import image_ops
 
 W = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 
@@ -144,16 +145,16 @@ def test_text_removal_accumulator_skips_identical_and_fid():
 
 def test_to_uint8_truncates():
   x = np.array([0.0, 0.999 / 255, 1.5 / 255, 1.0, 1.2])
-  np.testing.assert_array_equal(M.to_uint8_like_official(x), [0, 0, 1, 255, 255])
+  np.testing.assert_array_equal(image_ops.to_uint8_like_official(x), [0, 0, 1, 255, 255])
 
 
 def test_resize_bilinear_matches_torch_half_pixel_rule():
   x = np.array([[0.0, 1.0]])[..., None]
   # torch F.interpolate([0, 1] -> 4, bilinear, align_corners=False) = [0, .25, .75, 1]
-  np.testing.assert_allclose(M.resize_bilinear(x, 1, 4)[0, :, 0], [0, .25, .75, 1])
+  np.testing.assert_allclose(image_ops.resize_bilinear(x, 1, 4)[0, :, 0], [0, .25, .75, 1])
   y = np.arange(4.0)[None, :, None]
   # Downsampling 4 -> 2 samples at 0.5 and 2.5 (no antialiasing).
-  np.testing.assert_allclose(M.resize_bilinear(y, 1, 2)[0, :, 0], [0.5, 2.5])
+  np.testing.assert_allclose(image_ops.resize_bilinear(y, 1, 2)[0, :, 0], [0.5, 2.5])
 
 
 def test_segmentation_confusion_matrix_with_ignore():

@@ -22,7 +22,8 @@ def _official_epoch_lrs(lr=5e-4, warmup_min_lr=1e-4, min_lr=1e-5, epochs=400,
 
 
 def test_paper_schedule_is_the_official_staircase():
-  sched = optim.make_schedule(loss_optim_config.get_optim_config("paper"))
+  sched = optim.make_schedule(loss_optim_config.get_optim_config("paper"),
+                             num_steps=80_000)
   steps = np.arange(80_000)
   got = np.asarray(jax.jit(sched)(steps))
   want = np.repeat(_official_epoch_lrs(), 200)
@@ -37,10 +38,11 @@ def test_paper_schedule_is_the_official_staircase():
 
 def test_tiny_schedule_per_step_and_num_steps_override():
   oc = loss_optim_config.get_optim_config("tiny")
-  sched = optim.make_schedule(oc)
-  lrs = np.asarray(jax.jit(sched)(np.arange(oc.total_steps)))
-  want = _official_epoch_lrs(oc.lr, oc.warmup_init_lr, oc.min_lr,
-                             oc.total_steps, oc.warmup_steps)
+  n = 3_800  # The tiny run's config.train.steps.
+  sched = optim.make_schedule(oc, n)
+  lrs = np.asarray(jax.jit(sched)(np.arange(n)))
+  want = _official_epoch_lrs(oc.lr, oc.warmup_init_lr, oc.min_lr, n,
+                             oc.warmup_steps)
   np.testing.assert_allclose(lrs, want, rtol=1e-6)
   assert lrs[0] == pytest.approx(oc.warmup_init_lr)
   assert lrs.max() <= oc.lr and lrs[-1] == pytest.approx(oc.min_lr)
@@ -55,12 +57,15 @@ def test_schedule_config_errors():
     optim.make_schedule(oc, num_steps=1234)
   oc.warmup_steps = 90_000
   with pytest.raises(ValueError, match=r"config\.optim\.warmup_steps"):
-    optim.make_schedule(oc)
+    optim.make_schedule(oc, num_steps=80_000)
+
+
+STEPS = 10  # The schedule length of the small optimiser tests.
 
 
 def _small_optim_config(**kw):
   oc = loss_optim_config.get_optim_config("tiny")
-  oc.total_steps, oc.warmup_steps, oc.steps_per_epoch = 10, 2, 1
+  oc.warmup_steps, oc.steps_per_epoch = 2, 1
   oc.update(kw)
   return oc
 
@@ -72,7 +77,7 @@ def _toy_params():
 
 def test_encoder_gets_a_tenth_of_the_update():
   oc = _small_optim_config(clip_grad_norm=0.0)
-  tx = optim.make_optimizer(oc)
+  tx = optim.make_optimizer(oc, STEPS)
   params = _toy_params()
   grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
   upd, _ = jax.jit(tx.update)(grads, tx.init(params), params)
@@ -118,7 +123,7 @@ def _torch_adamw_reference(params, grads_seq, oc, lrs):
 
 def test_three_steps_match_torch_adamw_with_clipping_and_schedule():
   oc = _small_optim_config()
-  tx = optim.make_optimizer(oc)
+  tx = optim.make_optimizer(oc, STEPS)
   params = {"encoder": {"w": jnp.array([[0.5, -1.0], [2.0, 0.25]])},
             "decoder": {"w": jnp.array([[1.5, 0.5], [-0.5, 0.75]])}}
   rng = np.random.default_rng(0)
@@ -133,7 +138,7 @@ def test_three_steps_match_torch_adamw_with_clipping_and_schedule():
   state, got = tx.init(params), params
   for grads in grads_seq:
     got, state = step(got, state, grads)
-  lrs = [float(optim.make_schedule(oc)(s)) for s in range(3)]
+  lrs = [float(optim.make_schedule(oc, STEPS)(s)) for s in range(3)]
   want = _torch_adamw_reference(params, grads_seq, oc, lrs)
   for k in want:
     np.testing.assert_allclose(got[k]["w"], want[k], rtol=1e-5, atol=1e-7)
@@ -150,7 +155,7 @@ def test_works_on_nnx_param_state():
   model = _Toy()
   params = nnx.state(model, nnx.Param)
   oc = _small_optim_config(clip_grad_norm=0.0)
-  tx = optim.make_optimizer(oc)
+  tx = optim.make_optimizer(oc, STEPS)
   ones = jax.tree.map(jnp.ones_like, params)
   upd, _ = jax.jit(tx.update)(ones, tx.init(params), params)
   upd = nnx.to_pure_dict(upd)

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-import inference_helpers as helpers
+from tests import inference_helpers as helpers
 from upocr_jax.inference import postprocess
 from upocr_jax.inference import cli
 from upocr_jax.inference import tiling

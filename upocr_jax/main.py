@@ -10,6 +10,8 @@ Only parses flags; the work is in ``upocr_jax.train.trainer.run``.
 from absl import app, flags
 from ml_collections import config_flags
 
+from upocr_jax.train import trainer
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/upocr.py:tiny; "
     "fields are overridden with --config.a.b=value.", lock_config=True)
@@ -22,7 +24,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from upocr_jax.train import trainer  # pylint: disable=g-import-not-at-top
   trainer.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -135,9 +135,17 @@ def batch_sharding(mesh: Mesh, config: ml_collections.ConfigDict,
                                *([None] * (ndim - 1))))
 
 
+def batch_shard_count(axis_sizes: Mapping[str, int],
+                      batch_axes: Sequence[str]) -> int:
+  """How many data-parallel pieces a batch split over ``batch_axes`` is in,
+  given each mesh axis's size (``mesh.shape`` or the config's resolved shape).
+  """
+  return math.prod(axis_sizes[a] for a in batch_axes)
+
+
 def num_batch_shards(mesh: Mesh, config: ml_collections.ConfigDict) -> int:
-  """How many data-parallel pieces the batch is split into."""
-  return math.prod(mesh.shape[a] for a in config.sharding.batch_axes)
+  """How many data-parallel pieces the batch is split into on ``mesh``."""
+  return batch_shard_count(mesh.shape, config.sharding.batch_axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -5,6 +5,7 @@ from typing import Any
 from input_pipeline import schema
 from input_pipeline import synthetic
 from input_pipeline.sources import common
+from input_pipeline.sources import tfds_source
 from input_pipeline.sources.scut_enstext import ScutEnsText
 from input_pipeline.sources.tampered_ic13 import TamperedIC13
 from input_pipeline.sources.textseg import TextSeg
@@ -25,7 +26,6 @@ def make_source(data_config: Any, task_id: int,
     source = FOLDER_READERS[task_id](cfg.root, splits,
                                      check_sizes=data_config.check_sizes)
   elif cfg.source == "tfds":
-    from input_pipeline.sources import tfds_source  # pylint: disable=g-import-not-at-top
     source = tfds_source.TfdsSource(cfg.tfds_name, data_config.tfds_data_dir,
                                     splits, task_id)
   elif cfg.source == "synthetic":

@@ -10,13 +10,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import schema
-from input_pipeline.sources import tfds_builders  # pylint: disable=unused-import
+# Imported for its side effect: it registers the data set builders with TFDS.
+from input_pipeline.sources import tfds_builders  # noqa: F401
 from input_pipeline.sources.scut_enstext import decode_removal
 from input_pipeline.sources.tampered_ic13 import decode_tampered
 from input_pipeline.sources.textseg import decode_textseg
+from upocr_jax import tasks
 
-_EXPECTED = {schema.TEXT_REMOVAL: "scut_enstext", schema.TAMPERED: "tampered_ic13",
-             schema.SEGMENTATION: "textseg"}
+_EXPECTED = dict(enumerate(tasks.BENCHMARKS))  # task id -> TFDS name
 
 
 def _text(value) -> str:

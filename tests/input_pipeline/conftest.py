@@ -2,8 +2,8 @@
 
 import pytest
 
-import data_helpers
 from input_pipeline import write_synthetic
+from tests.input_pipeline import data_helpers
 
 
 @pytest.fixture(scope="session")

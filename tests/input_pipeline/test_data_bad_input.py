@@ -9,7 +9,7 @@ import pytest
 from input_pipeline import pipeline
 from input_pipeline.schema import DataError
 from input_pipeline.sources import ScutEnsText, TamperedIC13, TextSeg
-import data_helpers
+from tests.input_pipeline import data_helpers
 
 
 def _copy(roots, key, tmp_path):

@@ -6,11 +6,12 @@ import grain
 import numpy as np
 import pytest
 
+from input_pipeline import layout
 from input_pipeline import pipeline
 from input_pipeline import schema
 from input_pipeline import synthetic
 from input_pipeline import transforms
-import data_helpers
+from tests.input_pipeline import data_helpers
 
 
 def _take(it, n):
@@ -57,7 +58,7 @@ def test_bad_batch_config():
   with pytest.raises(ValueError, match="text_removal.batch_size=3"):
     pipeline.create_train_iterator(cfg, num_data_shards=2)
   with pytest.raises(ValueError, match="must divide one another"):
-    pipeline.local_shards(0, 3, 2)
+    layout.local_shards(0, 3, 2)
 
 
 def test_process_shards_are_disjoint_and_cover_an_epoch():

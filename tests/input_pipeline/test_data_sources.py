@@ -9,7 +9,7 @@ from PIL import Image
 from input_pipeline import schema
 from input_pipeline import synthetic
 from input_pipeline.sources import ScutEnsText, TamperedIC13, TextSeg
-import data_helpers
+from tests.input_pipeline import data_helpers
 
 
 def _check_schema(ex, task_id):

@@ -10,7 +10,7 @@ from input_pipeline import preview
 from input_pipeline import schema
 from input_pipeline import synthetic
 from input_pipeline import write_synthetic
-import data_helpers
+from tests.input_pipeline import data_helpers
 
 
 def test_fonts_come_from_packages():

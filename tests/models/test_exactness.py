@@ -6,8 +6,8 @@ from flax import nnx
 
 from tests.fixture_utils import (fixture, fixture_model_config, nchw_to_nhwc,
                                  official_state_dict)
-from upocr_jax.weights import convert
 from upocr_jax.models import task_ids_from_names
+from upocr_jax.weights import official
 
 # Checkpoints in forward order: (our intermediate, fixture key, layout).
 CHECKPOINTS = (
@@ -31,7 +31,7 @@ def _run(model, images, ids):
 def official_run():
   fx = fixture()
   cfg = fixture_model_config()
-  model = convert.load_official(official_state_dict(), cfg)
+  model = official.load_official(official_state_dict(), cfg)
   images = nchw_to_nhwc(fx["input/images"])
   ids = task_ids_from_names(cfg, [str(t) for t in fx["input/tasks"]])
   inter = {}

@@ -11,7 +11,7 @@ from flax import nnx
 from configs import upocr as upocr_config
 from upocr_jax.models import (UPOCR, ConfigError, VGG16Features,
                               task_ids_from_names)
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 # Module fixtures are built once: one worker runs the module (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("models")
@@ -22,9 +22,10 @@ def n_params(tree) -> int:
 
 
 def tiny(**overrides):
-  cfg = upocr_config.get_config("tiny")
+  """``config.model`` of the tiny config with dotted-key overrides."""
+  cfg = upocr_config.get_config("tiny").model
   for k, v in overrides.items():
-    node = cfg.model
+    node = cfg
     *parents, leaf = k.split(".")
     for p in parents:
       node = node[p]
@@ -58,7 +59,8 @@ def tiny_model():
 
 def test_paper_parameter_counts_from_eval_shape():
   model = nnx.eval_shape(
-      lambda: UPOCR(upocr_config.get_config("paper"), rngs=nnx.Rngs(0)))
+      lambda: UPOCR(upocr_config.get_config("paper").model,
+                    rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   assert n_params(params) == 108_157_401
   assert n_params(params["encoder"]) == 48_960_762
@@ -107,7 +109,7 @@ def test_task_ids_change_the_output_and_prompt_gets_gradient(tiny_model):
 
 
 def test_task_names_and_bad_task_ids(tiny_model):
-  cfg = tiny().model
+  cfg = tiny()
   assert task_ids_from_names(cfg, ["text segmentation", "text removal"]
                              ).tolist() == [2, 0]
   with pytest.raises(ValueError, match="unknown task 'ocr'"):

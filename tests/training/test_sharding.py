@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from input_pipeline import pipeline
+from input_pipeline.layout import BatchLayout
 from tests.training import train_helpers as th
 from upocr_jax import sharding
-from upocr_jax.train import losses
 from upocr_jax.train import optim
 from upocr_jax.train import train_step
 
@@ -45,7 +45,7 @@ def one_step(mesh_shape, devices, examples, host_params=None):
   setup = train_step.make_setup(cfg, mesh, tx)
   step = train_step.make_train_step(
       cfg, setup, tx, optim.make_schedule(cfg.optim, cfg.train.steps),
-      losses.BatchLayout.from_data_config(cfg.data, shards), mesh)
+      BatchLayout.from_data_config(cfg.data, shards), mesh)
   params = (setup.init_params() if host_params is None
             else jax.device_put(host_params, setup.param_shardings))
   init = jax.device_get(params)

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from tests.training import train_helpers as th
+from upocr_jax import config_checks
 from upocr_jax.train import checkpoint
 from upocr_jax.train import trainer
 from upocr_jax.weights import weight_dir
@@ -32,7 +33,7 @@ def test_config_errors_name_the_field_before_compiling(tmp_path, edit, field):
   edit(cfg)
   start = time.time()
   with pytest.raises(ValueError) as e:
-    trainer.validate_config(cfg, num_devices=2)
+    config_checks.check_config(cfg, num_devices=2)
   assert field in str(e.value)
   assert time.time() - start < 5  # nothing was compiled
 
@@ -142,7 +143,7 @@ def test_nan_stops_with_step_and_terms_and_keeps_last_checkpoint(
 
 def test_init_from_weight_directory(tmp_path):
   cfg = th.micro_config(per_task=1, steps=3)
-  start = UPOCR(cfg, rngs=nnx.Rngs(123))
+  start = UPOCR(cfg.model, rngs=nnx.Rngs(123))
   weight_dir.save_weights(str(tmp_path / "w"), start)
   cfg.init_from = str(tmp_path / "w")
   # lr 0: the trained params must equal the imported ones exactly.

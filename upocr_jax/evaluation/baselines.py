@@ -18,7 +18,9 @@ import numpy as np
 
 from input_pipeline import pipeline
 from upocr_jax.evaluation import metrics as metrics_lib
-from upocr_jax.evaluation.evaluate import TASKS, dataset_config
+from upocr_jax.evaluation.evaluate import dataset_config
+from upocr_jax.tasks import (SEGMENTATION, TAMPERED, TASKS, TEXT_REMOVAL,
+                             task_key)
 
 RED = np.array([255, 0, 0], np.uint8)
 
@@ -33,22 +35,22 @@ def baselines(config: ml_collections.ConfigDict, task: str, dataset: str,
               max_examples: int = -1) -> dict[str, dict]:
   """{baseline name: metrics} for ``task`` on ``dataset`` (e.g. 'synthetic')."""
   cfg = dataset_config(config, task, dataset)
-  ds, _ = pipeline.create_eval_dataset(cfg, TASKS.index(task), 0, 1,
-                                       max_examples)
-  if task == "text removal":
+  task_id = TASKS.index(task)
+  ds, _ = pipeline.create_eval_dataset(cfg, task_id, 0, 1, max_examples)
+  if task_id == TEXT_REMOVAL:
     accs = {"identity": metrics_lib.TextRemovalMetrics()}
-  elif task == "text segmentation":
+  elif task_id == SEGMENTATION:
     accs = {"all_background": metrics_lib.SegmentationMetrics(),
             "all_text": metrics_lib.SegmentationMetrics()}
   else:
     accs = {"all_background": metrics_lib.TamperMetrics()}
   for batch in ds:
     for i in np.nonzero(batch["example_mask"])[0]:
-      if task == "text removal":
+      if task_id == TEXT_REMOVAL:
         accs["identity"].update(batch["image"][i], batch["target"][i])
         continue
       label = batch["orig_target"][i]
-      if task == "text segmentation":
+      if task_id == SEGMENTATION:
         accs["all_background"].update(_constant(label.shape, 0), label)
         accs["all_text"].update(_constant(label.shape, 255), label)
       else:
@@ -57,8 +59,8 @@ def baselines(config: ml_collections.ConfigDict, task: str, dataset: str,
 
 
 # The headline metric of each task, as the demo compares them.
-HEADLINE = {"text removal": "psnr", "text segmentation": "fgIoU",
-            "tampered text detection": "mean_F"}
+HEADLINE = {TASKS[TEXT_REMOVAL]: "psnr", TASKS[SEGMENTATION]: "fgIoU",
+            TASKS[TAMPERED]: "mean_F"}
 
 
 def flat_baselines(config: ml_collections.ConfigDict, dataset: str,
@@ -69,6 +71,6 @@ def flat_baselines(config: ml_collections.ConfigDict, dataset: str,
     metric = HEADLINE[task]
     for name, res in baselines(config, task, dataset, max_examples).items():
       v = res[metric]
-      out[f"baseline/{task.replace(' ', '_')}/{name}/{metric}"] = (
+      out[f"baseline/{task_key(task)}/{name}/{metric}"] = (
           float(v) if v is not None else float("nan"))
   return out

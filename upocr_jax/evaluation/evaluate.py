@@ -14,8 +14,9 @@ full-resolution output clamped to [0, 1], then
   this is the original resolution for the paper's setting); FID (pytorch-fid's
   pipeline, see upocr_jax.evaluation.fid) only with ``--inception_weights``;
 * text segmentation / tampered text detection: the float output resized
-  bilinearly to the label's original size inside the metrics (threshold 0.4 on
-  the channel mean / argmax over channels), one confusion matrix per set.
+  bilinearly to the label's original size inside the metrics (threshold
+  ``tasks.SEG_THRESHOLD`` = 0.4 on the channel mean / argmax over channels),
+  one confusion matrix per set.
 
 Data sets: ``scut_enstext``, ``textseg``, ``tampered_ic13`` read the task's source
 as ``config.data.<task>`` configures it (folder or TFDS); ``synthetic`` evaluates
@@ -41,18 +42,16 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import pipeline
-from upocr_jax.inference import runner
-from upocr_jax.evaluation import metrics as metrics_lib
 from upocr_jax import sharding
+from upocr_jax.evaluation import fid
+from upocr_jax.evaluation import metrics as metrics_lib
+from upocr_jax.inference import image_ops
+from upocr_jax.inference import runner
 from upocr_jax.models import UPOCR
+from upocr_jax.tasks import (EVAL_DATASETS, SEG_THRESHOLD, SEGMENTATION, TASKS,
+                             TEXT_REMOVAL, canonical_task, task_key)
 
-TASKS = ("text removal", "tampered text detection", "text segmentation")
-DATASETS = {
-    "scut_enstext": ("text removal",),
-    "tampered_ic13": ("tampered text detection",),
-    "textseg": ("text segmentation",),
-    "synthetic": TASKS,
-}
+DATASETS = EVAL_DATASETS
 _NON_METRICS = ("num_images", "num_skipped_identical", "threshold")
 
 
@@ -66,7 +65,7 @@ def dataset_config(config: ml_collections.ConfigDict, task: str,
     raise ValueError(f"dataset {dataset!r} has no {task!r} labels; it "
                      f"evaluates {list(DATASETS[dataset])}")
   cfg = ml_collections.ConfigDict(config.to_dict())
-  key = runner.task_key(task)
+  key = task_key(task)
   if dataset == "synthetic":
     cfg.data[key].source = "synthetic"
   elif cfg.data[key].source == "synthetic":
@@ -133,7 +132,7 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
              mesh: Optional[Mesh] = None,
              batch_axes: Optional[Sequence[str]] = None,
              mssim_mode: str = "official",
-             seg_threshold: float = 0.4,
+             seg_threshold: float = SEG_THRESHOLD,
              feature_extractor: Optional[Callable[[np.ndarray],
                                                   np.ndarray]] = None) -> dict:
   """Evaluates ``model`` on one task of a data set; returns the metrics dict.
@@ -155,7 +154,8 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     The metrics of upocr_jax.evaluation.metrics (TextRemovalMetrics / SegmentationMetrics
     / TamperMetrics ``result()``) plus 'task' and 'dataset'.
   """
-  task = runner.canonical_task(task, list(model.config.tasks))
+  task = canonical_task(task, list(model.config.tasks))
+  task_id = TASKS.index(task)
   cfg = dataset_config(config, task, dataset)
   if mesh is None and jax.process_count() > 1:
     raise ValueError("evaluate: pass the mesh when running on several processes")
@@ -163,41 +163,41 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
   if mesh is not None:
     axes = tuple(batch_axes or mesh.axis_names[:1])
     spec = P(axes)
-    n = math.prod(mesh.shape[a] for a in axes)
+    n = sharding.batch_shard_count(mesh.shape, axes)
     if cfg.data.eval_batch_size % n:
       raise ValueError(f"config.data.eval_batch_size={cfg.data.eval_batch_size}"
                        f" must be a multiple of mesh axes {axes} ({n} "
                        "devices)")
   model_task_id = list(model.config.tasks).index(task)
   ds, steps = pipeline.create_eval_dataset(
-      cfg, TASKS.index(task), jax.process_index(), jax.process_count(),
+      cfg, task_id, jax.process_index(), jax.process_count(),
       max_examples)
-  if task == "text removal":
+  if task_id == TEXT_REMOVAL:
     acc = metrics_lib.TextRemovalMetrics(mssim_mode, feature_extractor)
-  elif task == "text segmentation":
+  elif task_id == SEGMENTATION:
     acc = metrics_lib.SegmentationMetrics(seg_threshold)
   else:
     acc = metrics_lib.TamperMetrics()
   out_dir = None
   if save_dir:
-    out_dir = os.path.join(save_dir, runner.task_key(task))
+    out_dir = os.path.join(save_dir, task_key(task))
     os.makedirs(out_dir, exist_ok=True)
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=steps, desc=f"eval {dataset}/{runner.task_key(task)}",
+  bar = tqdm(total=steps, desc=f"eval {dataset}/{task_key(task)}",
              disable=not progress or jax.process_index() != 0)
 
   def consume(batch, out):
     out = _get(out, mesh, spec)
     for i in np.nonzero(batch["example_mask"])[0]:
-      if task == "text removal":
-        pred = metrics_lib.to_uint8_like_official(out[i])
+      if task_id == TEXT_REMOVAL:
+        pred = image_ops.to_uint8_like_official(out[i])
         acc.update(pred, batch["target"][i])
       else:
         acc.update(out[i], batch["orig_target"][i])
         if out_dir:
           h, w = batch["orig_target"][i].shape[:2]
-          pred = metrics_lib.to_uint8_like_official(
-              metrics_lib.resize_bilinear(out[i], h, w))
+          pred = image_ops.to_uint8_like_official(
+              image_ops.resize_bilinear(out[i], h, w))
       if out_dir:
         name = _stem(batch["name"][i])
         Image.fromarray(pred).save(os.path.join(out_dir, name + ".png"))
@@ -247,7 +247,7 @@ def flatten_metrics(results: dict[str, dict], dataset: str) -> dict[str, float]:
     for k, v in res.items():
       if (k not in _NON_METRICS and isinstance(v, (int, float))
           and not isinstance(v, bool)):
-        flat[f"{prefix}{runner.task_key(task)}/{k}"] = float(v)
+        flat[f"{prefix}{task_key(task)}/{k}"] = float(v)
   return flat
 
 
@@ -261,7 +261,7 @@ def run_evals(model: UPOCR, config: ml_collections.ConfigDict, step: int,
 
   ``config.evals`` fields (all optional): ``datasets`` (list, or comma
   separated string; default ['synthetic']), ``max_examples`` (-1),
-  ``mssim_mode`` ('official'), ``seg_threshold`` (0.4).
+  ``mssim_mode`` ('official'), ``seg_threshold`` (``SEG_THRESHOLD``).
   """
   ev = config.get("evals", None) or ml_collections.ConfigDict()
   datasets = ev.get("datasets", ["synthetic"])
@@ -272,7 +272,7 @@ def run_evals(model: UPOCR, config: ml_collections.ConfigDict, step: int,
     res = evaluate_dataset(
         model, config, ds, max_examples=ev.get("max_examples", -1),
         progress=False, mesh=mesh, batch_axes=batch_axes, mssim_mode=ev.get("mssim_mode", "official"),
-        seg_threshold=ev.get("seg_threshold", 0.4))
+        seg_threshold=ev.get("seg_threshold", SEG_THRESHOLD))
     flat.update(flatten_metrics(res, ds))
   logging.info("step %d: %s", step, ", ".join(
       f"{k}={v:.4g}" for k, v in sorted(flat.items())))
@@ -307,7 +307,8 @@ def define_flags(fv: flags.FlagValues,
   flags.DEFINE_enum("mssim_mode", "official", ["official", "standard"],
                     "official: the public script (published numbers); "
                     "standard: real multi-scale SSIM.", flag_values=fv)
-  flags.DEFINE_float("seg_threshold", 0.4, "Text segmentation threshold.",
+  flags.DEFINE_float("seg_threshold", SEG_THRESHOLD, "Text segmentation "
+                     "threshold.",
                      flag_values=fv)
   flags.DEFINE_string("inception_weights", None, "pytorch-fid's FID Inception "
                       "weights (pt_inception-2015-12-05-6726825d.pth, or the "
@@ -377,13 +378,12 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
   model = runner.load_model(fv.checkpoint, config.model)
   tasks = DATASETS[fv.dataset]
   if fv.task:
-    tasks = (runner.canonical_task(fv.task, list(tasks)),)
+    tasks = (canonical_task(fv.task, list(tasks)),)
   out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
   extractor = None
   if fv.inception_weights:
-    if "text removal" in tasks:
+    if TASKS[TEXT_REMOVAL] in tasks:
       # Loaded before the evaluation, so bad weights fail before any work.
-      from upocr_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       extractor = fid.InceptionFeatureExtractor(
           fv.inception_weights, batch_size=fv.fid_batch_size)
     else:

@@ -38,7 +38,9 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 from upocr_jax.evaluation import metrics
+from upocr_jax.inference import image_ops
 from upocr_jax.models.inception import FEATURE_DIM, FIDInceptionV3
+from upocr_jax.weights import inception_weights
 
 INCEPTION_SIZE = 299
 # The file types pytorch-fid 0.3.0 globs for (lower case only, as it does).
@@ -70,8 +72,8 @@ def preprocess(images: jax.Array) -> jax.Array:
   h, w = x.shape[1:3]
   if (h, w) != (INCEPTION_SIZE, INCEPTION_SIZE):
     # Static gathers with torch's taps; width first, as torch's kernel nests it.
-    h0, h1, hl0, hl1 = metrics.bilinear_taps(h, INCEPTION_SIZE)
-    w0, w1, wl0, wl1 = metrics.bilinear_taps(w, INCEPTION_SIZE)
+    h0, h1, hl0, hl1 = image_ops.bilinear_taps(h, INCEPTION_SIZE)
+    w0, w1, wl0, wl1 = image_ops.bilinear_taps(w, INCEPTION_SIZE)
     cols = wl0[:, None] * x[:, :, w0] + wl1[:, None] * x[:, :, w1]
     x = (hl0[:, None, None] * cols[:, h0] + hl1[:, None, None] * cols[:, h1])
   return 2 * x - 1
@@ -116,8 +118,7 @@ class InceptionFeatureExtractor:
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(weights, FIDInceptionV3):
-      from upocr_jax.weights import convert  # pylint: disable=g-import-not-at-top
-      weights = convert.load_inception(weights)
+      weights = inception_weights.load_inception(weights)
     self.graphdef, self.state = nnx.split(weights)
     self.batch_size = batch_size
 

@@ -10,8 +10,8 @@ to summation order.
 * Text removal (SCUT-EnsText): :func:`text_removal_metrics` per image and the
   :class:`TextRemovalMetrics` accumulator. The official pipeline saved predictions as
   PNG with ``(x * 255).astype(uint8)`` (truncation) and re-read them; float inputs
-  are used as given, so apply :func:`to_uint8_like_official` to float model
-  outputs to reproduce that.
+  are used as given, so apply ``upocr_jax.inference.image_ops.to_uint8_like_official``
+  to float model outputs to reproduce that.
   Values are fractions: the paper prints MSSIM x100 and MSE x100.
 * Text segmentation (TextSeg): :class:`SegmentationMetrics`.
 * Tampered text detection (Tampered-IC13): :class:`TamperMetrics`.
@@ -24,11 +24,14 @@ from typing import Callable, Optional
 import numpy as np
 from numpy.typing import ArrayLike
 
+from upocr_jax.inference.image_ops import (resize_bilinear,
+                                           to_uint8_like_official)
+from upocr_jax.tasks import SEG_THRESHOLD, TAMPER_CLASSES
+
 __all__ = [
     'text_removal_metrics', 'TextRemovalMetrics', 'SegmentationMetrics',
-    'TamperMetrics', 'ms_ssim', 'resize_bilinear', 'bilinear_taps',
-    'frechet_distance',
-    'to_uint8_like_official', 'MSSIM_WEIGHTS', 'FID_NOT_COMPUTED'
+    'TamperMetrics', 'ms_ssim', 'frechet_distance', 'MSSIM_WEIGHTS',
+    'FID_NOT_COMPUTED'
 ]
 
 # Official MS-SSIM level weights (they sum to 1.0001, kept as published).
@@ -55,21 +58,6 @@ def _to_float_image(x: ArrayLike, name: str) -> np.ndarray:
     raise ValueError(f'{name} is float but not in [0, 1] (min {x.min():.4g}, '
                      f'max {x.max():.4g}); clip model outputs with np.clip(x, 0, 1)')
   return x
-
-
-def to_uint8_like_official(image: ArrayLike) -> np.ndarray:
-  """Quantises a float [0, 1] image as the official code saved predictions.
-
-  The official evaluation clamps outputs to [0, 1] and writes
-  ``(x * 255).astype(uint8)``, i.e. truncation, not rounding.
-
-  Args:
-    image: float array, any shape.
-  Returns:
-    uint8 array of the same shape.
-  """
-  x = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-  return (x * np.float32(255)).astype(np.uint8)
 
 
 # ----------------------------------------------------------------- text removal
@@ -329,39 +317,6 @@ class TextRemovalMetrics:
 # ------------------------------------------------------------ segmentation maps
 
 
-def bilinear_taps(n_in: int, n_out: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Source indices and weights of torch's bilinear resize along one axis.
-
-  ``align_corners=False``, no antialiasing: source coordinate
-  (dst + 0.5) * n_in / n_out - 0.5 clamped at 0, float32 arithmetic.
-
-  Returns:
-    (i0, i1, w0, w1): output j is w0[j] * x[i0[j]] + w1[j] * x[i1[j]].
-  """
-  scale = np.float32(n_in) / np.float32(n_out)
-  src = np.maximum((np.arange(n_out, dtype=np.float32) + 0.5) * scale - 0.5, 0)
-  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-  lam = np.clip(src - i0.astype(np.float32), 0, 1)
-  return i0, np.minimum(i0 + 1, n_in - 1), 1 - lam, lam
-
-
-def resize_bilinear(image: ArrayLike, out_h: int, out_w: int) -> np.ndarray:
-  """Resizes HxWxC like torch ``F.interpolate(mode='bilinear', align_corners=False)``.
-
-  No antialiasing (unlike PIL), source coordinates (dst + 0.5) * in/out - 0.5
-  clamped at 0, float32 arithmetic.
-  """
-  x = np.asarray(image, np.float32)
-  if x.shape[:2] == (out_h, out_w):
-    return x
-  h0, h1, hl0, hl1 = bilinear_taps(x.shape[0], out_h)
-  w0, w1, wl0, wl1 = bilinear_taps(x.shape[1], out_w)
-  wl0, wl1 = wl0[:, None], wl1[:, None]
-  cols = wl0 * x[:, w0] + wl1 * x[:, w1]  # width first, as torch's kernel nests it
-  return hl0[:, None, None] * cols[h0] + hl1[:, None, None] * cols[h1]
-
-
 def _label_uint8(label: ArrayLike, name: str) -> np.ndarray:
   label = np.asarray(label)
   if label.dtype == np.bool_:
@@ -406,7 +361,7 @@ class SegmentationMetrics:
   as the official loader does; 0 is background, 255 text, anything else ignored.
   """
 
-  def __init__(self, threshold: float = 0.4):
+  def __init__(self, threshold: float = SEG_THRESHOLD):
     if not 0 <= threshold <= 1:
       raise ValueError(f'threshold must be in [0, 1], got {threshold}')
     self.threshold = threshold
@@ -439,7 +394,6 @@ class SegmentationMetrics:
             'threshold': self.threshold, 'num_images': self.num_images}
 
 
-TAMPER_CLASSES = ('background', 'real', 'tampered')
 
 
 class TamperMetrics:

@@ -24,12 +24,11 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from upocr_jax.inference import runner
+from upocr_jax import tasks
 from upocr_jax.inference import postprocess
+from upocr_jax.inference import runner
+from upocr_jax.inference.predictor import MODES, Predictor, load_image
 from upocr_jax.weights import weight_dir
-from upocr_jax.inference.predictor import MODES, Predictor, TAMPERED, load_image
-
-_SEG = "text segmentation"
 
 
 def define_flags(fv: flags.FlagValues,
@@ -53,7 +52,7 @@ def define_flags(fv: flags.FlagValues,
                        "data.image_size, else 512).", flag_values=fv)
   flags.DEFINE_integer("overlap", None, "Minimum tile overlap in pixels "
                        "(default image_size // 4).", flag_values=fv)
-  flags.DEFINE_float("seg_threshold", postprocess.SEG_THRESHOLD, "Text where "
+  flags.DEFINE_float("seg_threshold", tasks.SEG_THRESHOLD, "Text where "
                      "the segmentation map's channel mean exceeds this.",
                      flag_values=fv)
   flags.DEFINE_integer("min_region_area", 16, "Smallest tampered/real region "
@@ -118,7 +117,7 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray,
   """Writes the files of one input (see the module docstring); their paths."""
   base = os.path.join(out_dir, stem)
   result = predictor.finish(output_map, task)
-  if task == TAMPERED:
+  if task == tasks.TASKS[tasks.TAMPERED]:
     tamper_map, regions = result
     classes = postprocess.tamper_classes(output_map)
     files = {base + "_tamper.png": tamper_map,
@@ -131,7 +130,7 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray,
                  "box_format": "x_min, y_min, x_max, y_max (inclusive)",
                  "regions": regions}, f, indent=1)
     return list(files) + [base + "_regions.json"]
-  if task == _SEG:
+  if task == tasks.TASKS[tasks.SEGMENTATION]:
     mask = postprocess.text_mask(output_map, predictor.seg_threshold)
     files = {base + "_mask.png": (mask * np.uint8(255)).astype(np.uint8),
              base + "_overlay.png": postprocess.segmentation_overlay(image, mask)}
@@ -158,7 +157,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
   # Cheap checks first: the task against the checkpoint's config, the inputs.
   saved = weight_dir.read_model_config(
       runner.resolve_weights_dir(fv.checkpoint))
-  task = runner.canonical_task(fv.task, list(saved.tasks))
+  task = tasks.canonical_task(fv.task, list(saved.tasks))
   inputs = collect_inputs(list(argv[1:]))
   predictor = Predictor.from_checkpoint(
       fv.checkpoint, mode=fv.mode, image_size=fv.image_size, config=fv.config,

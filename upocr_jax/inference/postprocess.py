@@ -1,7 +1,8 @@
 """From model outputs to what users look at: masks, overlays, tampered regions.
 
 Model outputs are HxWx3 maps in [0, 1] (or uint8). Text segmentation: text where
-the channel mean exceeds a threshold (0.4, as the official evaluation).
+the channel mean exceeds a threshold (``tasks.SEG_THRESHOLD``, the official
+evaluation's).
 Tampered text detection: class = argmax over (R background, G real, B tampered),
 and regions are the 8-connected components of each text class.
 Connected components are labelled here in numpy (runs + union-find), so scipy is
@@ -13,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-SEG_THRESHOLD = 0.4
-TAMPER_CLASSES = ("background", "real", "tampered")
+from upocr_jax import tasks
+
 # Overlay colours: the targets' own colours (real green, tampered blue) and red
 # for segmented text.
 TEXT_RGB = (255, 0, 0)
@@ -30,7 +31,8 @@ def _as_float(output: np.ndarray) -> np.ndarray:
   return output.astype(np.float32)
 
 
-def text_mask(output: np.ndarray, threshold: float = SEG_THRESHOLD) -> np.ndarray:
+def text_mask(output: np.ndarray,
+              threshold: float = tasks.SEG_THRESHOLD) -> np.ndarray:
   """bool HxW: text where the channel mean of the segmentation map > threshold."""
   return _as_float(output).mean(-1) > threshold
 
@@ -127,7 +129,7 @@ def tamper_regions(output: np.ndarray, min_area: int = 16) -> list[dict]:
     y1 = np.full(n + 1, -1); x1 = np.full(n + 1, -1)
     np.minimum.at(y0, lab, ys); np.minimum.at(x0, lab, xs)
     np.maximum.at(y1, lab, ys); np.maximum.at(x1, lab, xs)
-    found = [{"class": TAMPER_CLASSES[c],
+    found = [{"class": tasks.TAMPER_CLASSES[c],
               "box": [int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])],
               "area": int(area[k]), "score": float(score[k] / area[k])}
              for k in range(1, n + 1) if area[k] >= min_area]

@@ -30,15 +30,15 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageOps
 
+from upocr_jax import tasks
 from upocr_jax.inference import runner
 from upocr_jax.inference import tiling
-from upocr_jax.evaluation.metrics import resize_bilinear, to_uint8_like_official
+from upocr_jax.inference.image_ops import resize_bilinear, to_uint8_like_official
+from upocr_jax.inference.postprocess import tamper_regions
 from upocr_jax.models import UPOCR
-from upocr_jax.inference.postprocess import SEG_THRESHOLD, tamper_regions
 
 MODES = ("resize", "tiled")
 DEFAULT_IMAGE_SIZE = 512  # The paper's model size.
-TAMPERED = "tampered text detection"
 ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike]
 
 
@@ -98,7 +98,8 @@ class Predictor:
   def __init__(self, model: UPOCR, image_size: int = DEFAULT_IMAGE_SIZE,
                mode: str = "resize", batch_size: int = 8,
                overlap: int | None = None,
-               seg_threshold: float = SEG_THRESHOLD, min_region_area: int = 16):
+               seg_threshold: float = tasks.SEG_THRESHOLD,
+               min_region_area: int = 16):
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if image_size <= 0 or image_size % 32:
@@ -141,7 +142,7 @@ class Predictor:
 
   def task_id(self, task: str) -> int:
     """Index of ``task`` (name or key) in the model's tasks."""
-    return self.tasks.index(runner.canonical_task(task, self.tasks))
+    return self.tasks.index(tasks.canonical_task(task, self.tasks))
 
   def predict_maps(self, images: Sequence[ImageLike], task: str
                    ) -> list[np.ndarray]:
@@ -175,7 +176,8 @@ class Predictor:
   def finish(self, output_map: np.ndarray, task: str):
     """uint8 output (plus regions for tampered text) from a float map."""
     out = to_uint8_like_official(output_map)
-    if runner.canonical_task(task, self.tasks) == TAMPERED:
+    if (tasks.canonical_task(task, self.tasks)
+        == tasks.TASKS[tasks.TAMPERED]):
       return out, tamper_regions(output_map, self.min_region_area)
     return out
 
@@ -196,9 +198,3 @@ class Predictor:
       B tampered; list of regions, see postprocess.tamper_regions).
     """
     return self.predict_batch([image], task)[0]
-
-
-def run_main() -> None:
-  """Entry point of ``upocr-predict``."""
-  from upocr_jax.inference import cli  # pylint: disable=g-import-not-at-top
-  cli.run_main()

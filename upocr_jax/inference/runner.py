@@ -1,9 +1,7 @@
-"""Shared pieces of evaluation and prediction: checkpoints, task names, forward.
+"""Shared pieces of evaluation and prediction: checkpoints, forward, CLI runner.
 
 * :func:`resolve_weights_dir`: ``--checkpoint`` accepts a weight directory or a
   training workdir (read through its latest checkpoint).
-* :func:`canonical_task`: task names as in ``config.model.tasks`` or their
-  config keys ('text removal' or 'text_removal').
 * :func:`forward` / :func:`predict_batches`: the jitted model call returning the
   clamped full-resolution output, and a batched host loop around it with a fixed
   batch shape (one compilation whatever the number of images).
@@ -61,28 +59,6 @@ def load_model(checkpoint: str,
       ValueError names the differing fields); None uses the saved one.
   """
   return weight_dir.load_weights(resolve_weights_dir(checkpoint), model_config)
-
-
-def task_key(name: str) -> str:
-  """'text removal' -> 'text_removal' (config keys, file and metric names)."""
-  return name.replace(" ", "_")
-
-
-def canonical_task(name: str, tasks: Sequence[str]) -> str:
-  """Normalises a user-given task name to its entry in ``tasks``.
-
-  Accepts the name as in ``config.model.tasks`` ('text removal') or with
-  underscores ('text_removal'), any case.
-
-  Raises:
-    ValueError: naming the unknown task and the known ones.
-  """
-  wanted = name.strip().lower().replace("_", " ").replace("-", " ")
-  for t in tasks:
-    if t.lower() == wanted:
-      return t
-  raise ValueError(f"unknown task {name!r}; expected one of "
-                   + ", ".join(repr(t) for t in tasks))
 
 
 @nnx.jit

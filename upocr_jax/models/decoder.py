@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from upocr_jax.models.encoder import drop_path_schedule
-from upocr_jax.models.layers import Conv2d, LayerNorm, shard_batch
+from upocr_jax.models.layers import (Conv2d, LayerNorm, drop_path_schedule,
+                                     shard_batch)
 from upocr_jax.models.swinv2 import SwinStage
 
 Array = jax.Array

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from upocr_jax.models.layers import Conv2d, LayerNorm
+from upocr_jax.models.layers import Conv2d, LayerNorm, drop_path_schedule
 from upocr_jax.models.swinv2 import SwinStage
 
 Array = jax.Array
-
-
-def drop_path_schedule(rate: float, depths: list[int]) -> list[list[float]]:
-  """Stochastic depth rising linearly 0 -> rate over all blocks, per stage."""
-  rates = np.linspace(0.0, rate, sum(depths), dtype=np.float32).tolist()
-  out, start = [], 0
-  for d in depths:
-    out.append(rates[start:start + d])
-    start += d
-  return out
 
 
 class PatchEmbed(nnx.Module):

@@ -11,9 +11,10 @@ is not needed for FID.
 Every convolution is conv (no bias) + BatchNorm in eval mode (eps 0.001) + ReLU.
 Attribute names are the PyTorch module names, so a parameter's state-dict key is
 its path (``Mixed_5b.branch1x1.conv.weight``, ``...bn.running_var``); see
-``upocr_jax.weights.convert.load_inception``. The weights are ``FrozenParam``: never
-trained. Layout NHWC, kernels HWIO, float32 at full precision (the features feed a
-metric, so accelerators must not drop to TF32 / bf16 passes).
+``upocr_jax.weights.inception_weights.load_inception``. The weights are
+``FrozenParam``: never trained. Layout NHWC, kernels HWIO, float32 at full
+precision (the features feed a metric, so accelerators must not drop to TF32 /
+bf16 passes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 Array = jax.Array
 
@@ -234,8 +235,8 @@ class FIDInceptionV3(nnx.Module):
   pytorch-fid, resized to 299x299: see ``upocr_jax.evaluation.fid``), any size >= 75.
   Returns the (N, 2048) features after the global average pool ("pool3").
 
-  Build it with ``upocr_jax.weights.convert.load_inception`` (abstract init, then the
-  weights): the eager random init alone takes ~30 s on a small CPU.
+  Build it with ``upocr_jax.weights.inception_weights.load_inception``
+  (abstract init, then the weights): the eager random init alone takes ~30 s on a small CPU.
   """
 
   def __init__(self, *, rngs: nnx.Rngs):

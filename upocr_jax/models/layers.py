@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -51,6 +52,11 @@ def zeros(key, shape, dtype=jnp.float32):
 def ones(key, shape, dtype=jnp.float32):
   del key
   return jnp.ones(shape, dtype)
+
+
+class FrozenParam(nnx.Variable):
+  """A weight that is loaded, never trained (optimisers built with
+  ``wrt=nnx.Param`` never see it): the loss's VGG16, the FID Inception."""
 
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int],
@@ -123,6 +129,16 @@ class Conv2d(nnx.Module):
         window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + self.bias[...].astype(self.dtype)
+
+
+def drop_path_schedule(rate: float, depths: list[int]) -> list[list[float]]:
+  """Stochastic depth rising linearly 0 -> rate over all blocks, per stage."""
+  rates = np.linspace(0.0, rate, sum(depths), dtype=np.float32).tolist()
+  out, start = [], 0
+  for d in depths:
+    out.append(rates[start:start + d])
+    start += d
+  return out
 
 
 def drop_path(x: Array, rate: float, key: Array | None, deterministic: bool,

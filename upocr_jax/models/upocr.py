@@ -106,9 +106,10 @@ class UPOCR(nnx.Module):
   when ``deterministic=False``.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    """``config`` is the full config or just ``config.model``."""
-    cfg = config.model if "model" in config else config
+  def __init__(self, model_config: ml_collections.ConfigDict, *,
+               rngs: nnx.Rngs):
+    """``model_config`` is ``config.model`` (configs/upocr.py)."""
+    cfg = model_config
     validate_model_config(cfg)
     # Frozen (hashable) so that it is a static part of the graph definition.
     self.config = ml_collections.FrozenConfigDict(cfg)

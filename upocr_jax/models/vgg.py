@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from upocr_jax.models.layers import Conv2d
+from upocr_jax.models.layers import Conv2d, FrozenParam
 
 Array = jax.Array
 
@@ -20,10 +20,6 @@ Array = jax.Array
 VGG_GROUPS = ((( 3, 64), (64, 64)),
               ((64, 128), (128, 128)),
               ((128, 256), (256, 256), (256, 256)))
-
-
-class FrozenParam(nnx.Variable):
-  """A weight that is loaded, never trained."""
 
 
 class VGG16Features(nnx.Module):

@@ -93,9 +93,6 @@ class Checkpointer:
         data=grain.checkpoint.CheckpointRestore(data_iter)))
     return out["params"], out["opt_state"]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

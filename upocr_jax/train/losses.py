@@ -10,7 +10,7 @@ call).
 
 Sharding: the global batch is ``num_shards`` equal contiguous blocks (one per
 data shard) that repeat the same per-shard task pattern
-(input_pipeline/pipeline.py). A task's examples are selected as
+(input_pipeline/layout.py). A task's examples are selected as
 ``x.reshape(D, B // D, ...)[:, positions]`` and flattened back, so every data
 shard keeps its own examples (no collective, no imbalance) when axis 0 is split
 over D (or a divisor of D) devices.
@@ -44,98 +44,21 @@ mesh.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from input_pipeline.layout import BatchLayout
+from upocr_jax.tasks import SEGMENTATION, TAMPERED, TASK_KEYS, TEXT_REMOVAL
+
 Array = jax.Array
 
-# Task ids, as input_pipeline/schema.py numbers them (the prompt order).
-TEXT_REMOVAL, TAMPERED, SEGMENTATION = 0, 1, 2
-TASK_KEYS = ("text_removal", "tampered_text_detection", "text_segmentation")
 # Metric names as the official code logs them (and the fixture stores them).
 METRIC_NAMES = ("textremoval_MSR_loss", "textremoval_prc_loss",
                 "textremoval_style_loss", "ttd_l1_loss", "textseg_l1_loss",
                 "textseg_pos_loss", "textseg_neg_loss", "total")
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchLayout:
-  """Static task of every example: one shard's pattern repeated per data shard.
-
-  Attributes:
-    shard_task_ids: task id of each example of ONE data shard's block.
-    num_shards: D, the number of equal contiguous blocks of the global batch.
-  """
-  shard_task_ids: tuple[int, ...]
-  num_shards: int = 1
-
-  def __post_init__(self):
-    object.__setattr__(self, "shard_task_ids",
-                       tuple(int(t) for t in self.shard_task_ids))
-    if self.num_shards < 1:
-      raise ValueError("BatchLayout: num_shards must be >= 1, got "
-                       f"{self.num_shards}")
-    bad = [t for t in self.shard_task_ids if t not in (0, 1, 2)]
-    if bad:
-      raise ValueError(f"BatchLayout: unknown task ids {bad}; expected 0 "
-                       "text removal, 1 tampered text detection, 2 text "
-                       "segmentation")
-
-  @classmethod
-  def from_counts(cls, per_shard_counts: Sequence[int],
-                  num_shards: int = 1) -> "BatchLayout":
-    """The pipeline layout: task t repeated k_t times in every shard block."""
-    ids = tuple(t for t, k in enumerate(per_shard_counts) for _ in range(k))
-    return cls(ids, num_shards)
-
-  @classmethod
-  def from_task_ids(cls, task_ids: Sequence[int],
-                    num_shards: int = 1) -> "BatchLayout":
-    """From the GLOBAL list of task ids; checks it repeats per shard."""
-    task_ids = tuple(int(t) for t in task_ids)
-    if len(task_ids) % num_shards:
-      raise ValueError(f"BatchLayout: batch of {len(task_ids)} does not split "
-                       f"into {num_shards} shards")
-    n = len(task_ids) // num_shards
-    block = task_ids[:n]
-    if task_ids != block * num_shards:
-      raise ValueError(f"BatchLayout: task ids {task_ids} are not one block "
-                       f"repeated over {num_shards} shards")
-    return cls(block, num_shards)
-
-  @classmethod
-  def from_data_config(cls, data_config: ml_collections.ConfigDict,
-                       num_shards: int) -> "BatchLayout":
-    """From ``config.data.<task>.batch_size`` (global) and the shard count."""
-    counts = []
-    for key in TASK_KEYS:
-      b = int(data_config[key].batch_size)
-      if b % num_shards:
-        raise ValueError(f"config.data.{key}.batch_size ({b}) is not divisible "
-                         f"by the number of data shards ({num_shards})")
-      counts.append(b // num_shards)
-    return cls.from_counts(counts, num_shards)
-
-  @property
-  def batch_size(self) -> int:
-    return len(self.shard_task_ids) * self.num_shards
-
-  @property
-  def task_ids(self) -> tuple[int, ...]:
-    return self.shard_task_ids * self.num_shards
-
-  def positions(self, task: int) -> tuple[int, ...]:
-    """Positions of ``task``'s examples inside one shard block."""
-    return tuple(i for i, t in enumerate(self.shard_task_ids) if t == task)
-
-  def count(self, task: int) -> int:
-    """Number of ``task``'s examples in the global batch."""
-    return len(self.positions(task)) * self.num_shards
 
 
 def select_task(x: Array, layout: BatchLayout, task: int) -> Array:
@@ -240,11 +163,6 @@ def multiscale_smooth_l1(outputs: Sequence[Array], target: Array, valid: Array,
   return l1, pos, neg
 
 
-def _lc(loss_config: Any) -> Any:
-  """Accepts the full config or ``config.loss``."""
-  return loss_config.loss if "loss" in loss_config else loss_config
-
-
 def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
                vgg: Callable[[Array], Sequence[Array]] | None,
                loss_config: ml_collections.ConfigDict,
@@ -255,10 +173,10 @@ def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
     outputs: the model's (out_1/4, out_1/2, out_1) NHWC arrays for the batch.
     batch: ``image``, ``target`` (uint8 0..255 or float [0, 1]), ``valid``
       (B,H,W) bool, ``text_mask`` (B,H,W,1) (1 = non-text); see
-      input_pipeline/pipeline.py. ``task_id`` is not read: ``layout`` is.
+      input_pipeline/layout.py. ``task_id`` is not read: ``layout`` is.
     vgg: callable NHWC [0,1] images -> [pool1, pool2, pool3] (e.g. a
       ``VGG16Features``); only called when perceptual or style is on.
-    loss_config: ``config.loss`` (or the full config); static.
+    loss_config: ``config.loss``; static.
     layout: the static task layout of the batch.
 
   Returns:
@@ -266,7 +184,7 @@ def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
     their term weights, before the task weight; 0 for tasks absent from the
     layout; ``textseg_pos/neg_loss`` are logged only, not in the total).
   """
-  lc = _lc(loss_config)
+  lc = loss_config
   tw = lc.task_weights
   zero = jnp.zeros((), jnp.float32)
   metrics = {k: zero for k in METRIC_NAMES}
@@ -305,11 +223,11 @@ def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
       if lc.style:
         metrics["textremoval_style_loss"] = lc.style_weight * style
         tr = tr + metrics["textremoval_style_loss"]
-    total = total + tw.text_removal * tr
+    total = total + tw[TASK_KEYS[TEXT_REMOVAL]] * tr
 
-  for task, key, prefix, weights in (
-      (TAMPERED, "tampered_text_detection", "ttd", lc.ttd_scale_weights),
-      (SEGMENTATION, "text_segmentation", "textseg", lc.seg_scale_weights)):
+  for task, prefix, weights in (
+      (TAMPERED, "ttd", lc.ttd_scale_weights),
+      (SEGMENTATION, "textseg", lc.seg_scale_weights)):
     if not layout.count(task):
       continue
     sel = lambda x, t=task: select_task(x, layout, t)  # noqa: E731
@@ -319,33 +237,7 @@ def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
     metrics[f"{prefix}_l1_loss"] = l1
     if task == SEGMENTATION:
       metrics["textseg_pos_loss"], metrics["textseg_neg_loss"] = pos, neg
-    total = total + tw[key] * l1
+    total = total + tw[TASK_KEYS[task]] * l1
 
   metrics["total"] = total
   return total, metrics
-
-
-def load_loss_vgg(loss_config: ml_collections.ConfigDict):
-  """The VGG16 of ``config.loss.vgg_weights``; None when perceptual and style
-  are both off.
-
-  ``vgg_weights``: a weight directory (upocr-convert output with a VGG), an
-  official UPOCR checkpoint (``vgg16.*`` keys) or a torchvision VGG16 state
-  dict (``features.N.*``), as .pth/.npz/.safetensors.
-  """
-  # pylint: disable=g-import-not-at-top
-  from configs.loss_optim_config import validate_loss_config
-  lc = _lc(loss_config)
-  validate_loss_config(lc)
-  if not (lc.perceptual or lc.style):
-    return None
-  path = os.fspath(lc.vgg_weights)
-  if os.path.isdir(path):
-    from upocr_jax.weights import weight_dir
-    _, vgg = weight_dir.load_weights(path, with_vgg=True)
-    if vgg is None:
-      raise ValueError(f"config.loss.vgg_weights: weight directory {path} "
-                       "holds no VGG16 weights")
-    return vgg
-  from upocr_jax.weights import convert
-  return convert.load_vgg(path)

@@ -28,19 +28,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from configs.loss_optim_config import validate_optim_config
+from upocr_jax import config_checks
 
 
-def _oc(config: Any) -> Any:
-  """Accepts the full config or ``config.optim``."""
-  return config.optim if "optim" in config else config
-
-
-def make_schedule(config: ml_collections.ConfigDict,
-                  num_steps: int | None = None) -> optax.Schedule:
+def make_schedule(optim_config: ml_collections.ConfigDict,
+                  num_steps: int) -> optax.Schedule:
   """The official per-epoch learning rate, expressed in steps.
 
-  With u = ``steps_per_epoch``, E = total_steps / u "epochs", W = warmup_steps
+  With u = ``steps_per_epoch``, E = num_steps / u "epochs", W = warmup_steps
   / u and e = floor(step / u), the lr of step ``step`` (0-based, the count of
   updates already applied) is the official ``linear_decay_lr`` list's entry e:
 
@@ -56,12 +51,13 @@ def make_schedule(config: ml_collections.ConfigDict,
   "epoch" (a smooth ramp and decay). Steps past the end stay at ``min_lr``.
 
   Args:
-    config: the full config or ``config.optim``.
-    num_steps: total steps; defaults to ``config.optim.total_steps``.
+    optim_config: ``config.optim``.
+    num_steps: the schedule's length, ``config_checks.schedule_steps(config)``
+      in training.
   """
-  oc = _oc(config)
-  total = oc.total_steps if num_steps is None else num_steps
-  validate_optim_config(oc, total)
+  oc = optim_config
+  total = num_steps
+  config_checks.check_optim(oc, total)
   u = int(oc.steps_per_epoch)
   epochs, warm = total // u, oc.warmup_steps // u
   peak, init, floor = float(oc.lr), float(oc.warmup_init_lr), float(oc.min_lr)
@@ -121,17 +117,15 @@ def scale_encoder(ratio: float, prefix: str = "encoder"
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   num_steps: int | None = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(optim_config: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
   """Clip -> AdamW(schedule) -> encoder lr ratio, from ``config.optim``.
 
   Args:
-    config: the full config or ``config.optim``.
-    num_steps: total training steps (e.g. ``config.train.steps``); defaults to
-      ``config.optim.total_steps``.
+    optim_config: ``config.optim``.
+    num_steps: the schedule's length (see ``make_schedule``).
   """
-  oc = _oc(config)
+  oc = optim_config
   parts = []
   if oc.clip_grad_norm > 0:
     parts.append(clip_by_global_norm_torch(float(oc.clip_grad_norm)))

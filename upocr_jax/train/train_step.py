@@ -18,13 +18,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from input_pipeline.layout import DEVICE_ARRAYS, BatchLayout
 from upocr_jax import sharding
-
-from upocr_jax.train import losses
 from upocr_jax.models import UPOCR
+from upocr_jax.train import losses
 
 Array = jax.Array
-BATCH_KEYS = ("image", "target", "valid", "text_mask", "task_id")
 
 
 @dataclasses.dataclass
@@ -40,7 +39,8 @@ class TrainSetup:
 
 def abstract_model(config: ml_collections.ConfigDict):
   """(graphdef, abstract nnx.State) of the model, allocating nothing."""
-  model = nnx.eval_shape(lambda: UPOCR(config, rngs=nnx.Rngs(config.seed)))
+  model = nnx.eval_shape(
+      lambda: UPOCR(config.model, rngs=nnx.Rngs(config.seed)))
   return nnx.split(model)
 
 
@@ -58,7 +58,7 @@ def make_setup(config: ml_collections.ConfigDict, mesh: Mesh,
       transform_non_params=lambda _: repl)
 
   def init_params():
-    model = UPOCR(config, rngs=nnx.Rngs(config.seed))
+    model = UPOCR(config.model, rngs=nnx.Rngs(config.seed))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
   return TrainSetup(
@@ -71,15 +71,10 @@ def make_setup(config: ml_collections.ConfigDict, mesh: Mesh,
           abstract_params, param_sh))
 
 
-def _unit(x: Array) -> Array:
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else \
-      x.astype(jnp.float32)
-
-
 def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
                     tx: optax.GradientTransformation,
                     schedule: Callable[[Array], Array],
-                    layout: losses.BatchLayout, mesh: Mesh,
+                    layout: BatchLayout, mesh: Mesh,
                     vgg_graphdef: Any = None):
   """Returns ``step(params, opt_state, vgg_params, batch, step, key)``.
 
@@ -92,7 +87,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
 
   def step_fn(params, opt_state, vgg_params, batch, step, key):
     rng = jax.random.fold_in(key, step)
-    images = _unit(batch["image"])
+    images = losses.to_unit_float(batch["image"])
     vgg = None if vgg_graphdef is None else nnx.merge(vgg_graphdef, vgg_params)
 
     def loss_fn(p):
@@ -117,9 +112,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
     return new_params, new_opt, metrics
 
   repl = sharding.replicated(mesh)
-  batch_sh = {k: sharding.batch_sharding(mesh, config, 4 if k in (
-      "image", "target", "text_mask") else 3 if k == "valid" else 1)
-              for k in BATCH_KEYS}
+  batch_sh = {k: sharding.batch_sharding(mesh, config, ndim)
+              for k, ndim in DEVICE_ARRAYS.items()}
   vgg_sh = None if vgg_graphdef is None else repl
   return jax.jit(
       step_fn,
@@ -131,9 +125,10 @@ def make_train_step(config: ml_collections.ConfigDict, setup: TrainSetup,
 
 def global_batch(batch: dict[str, Any], mesh: Mesh,
                  config: ml_collections.ConfigDict) -> dict[str, Array]:
-  """This process's part of the batch -> global arrays sharded on the batch."""
+  """This process's part of the batch -> global arrays sharded on the batch
+  (the ``DEVICE_ARRAYS`` of input_pipeline/layout.py)."""
   out = {}
-  for k in BATCH_KEYS:
+  for k in DEVICE_ARRAYS:
     x = batch[k]
     sh: NamedSharding = sharding.batch_sharding(mesh, config, x.ndim)
     out[k] = jax.make_array_from_process_local_data(sh, x)

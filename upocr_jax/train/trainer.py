@@ -1,6 +1,7 @@
 """The training loop: ``train.run(config, workdir)``.
 
-Start-up checks the config (errors name the field) before anything compiles,
+Start-up checks the whole config (``config_checks``; errors name the field)
+before anything compiles,
 builds the mesh and the sharded state, resumes from ``WORKDIR/checkpoints``
 when a checkpoint exists (params, optimizer and data iterator), otherwise
 starts fresh (optionally from ``config.init_from``). SIGTERM saves a checkpoint
@@ -21,18 +22,22 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from configs.loss_optim_config import (validate_loss_config,
-                                       validate_optim_config)
+from jax._src import distributed
+
 from input_pipeline import pipeline
+from input_pipeline.layout import BatchLayout
+from upocr_jax import config_checks
 from upocr_jax import sharding
+from upocr_jax.evaluation import baselines
+from upocr_jax.evaluation import evaluate
+from upocr_jax.tasks import task_key
 from upocr_jax.train import checkpoint
-from upocr_jax.train import losses
 from upocr_jax.train import optim
+from upocr_jax.train import preview
 from upocr_jax.train import train_step
 from upocr_jax.train.metric_writer import MetricWriter, format_line
-from upocr_jax.models import validate_model_config
-
-TASK_KEYS = losses.TASK_KEYS
+from upocr_jax.weights import vgg_weights
+from upocr_jax.weights import weight_dir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,40 +69,6 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
                jax.process_count())
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int
-                    ) -> int:
-  """Checks the config before compiling; returns the number of data shards."""
-  validate_model_config(config.model)
-  validate_loss_config(config.loss)
-  validate_optim_config(config.optim, schedule_steps(config))
-  size = config.data.image_size
-  if size % 32 or size <= 0:
-    raise ValueError(f"config.data.image_size must be a positive multiple of "
-                     f"32 (the model works at H/32), got {size}")
-  shape = sharding.mesh_shape(config, num_devices)
-  shards = int(np.prod([shape[list(config.mesh.axes).index(a)]
-                        for a in config.sharding.batch_axes]))
-  for key in TASK_KEYS:
-    b = config.data[key].batch_size
-    if b % shards:
-      raise ValueError(
-          f"config.data.{key}.batch_size ({b}) is not divisible by the "
-          f"data-parallel size {shards} (mesh axes "
-          f"{tuple(config.sharding.batch_axes)} of config.mesh.shape "
-          f"{shape})")
-  for name in ("steps", "log_every", "checkpoint_every"):
-    if config.train[name] <= 0:
-      raise ValueError(f"config.train.{name} must be > 0, got "
-                       f"{config.train[name]}")
-  return shards
-
-
-def schedule_steps(config: ml_collections.ConfigDict) -> int:
-  """Length of the lr schedule: config.optim.total_steps, or train.steps."""
-  n = config.optim.total_steps
-  return config.train.steps if n is None or n <= 0 else n
-
-
 def compile_synced(name: str, fn, *args):
   """``fn`` compiled for ``args``; with several processes, after a barrier.
 
@@ -110,7 +81,6 @@ def compile_synced(name: str, fn, *args):
   compiled = fn.lower(*args).compile()
   # The coordination service's barrier, not a device collective (which would
   # have the 30 s limit again). orbax uses the same client.
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
   distributed.global_state.client.wait_at_barrier(
       f"upocr_compiled_{name}", timeout_in_ms=30 * 60 * 1000)
   return compiled
@@ -146,7 +116,7 @@ class _Preemption:
 
 
 def _load_vgg(config, mesh):
-  vgg = losses.load_loss_vgg(config.loss)
+  vgg = vgg_weights.load_loss_vgg(config.loss)
   if vgg is None:
     logging.info("perceptual and style losses are off (config.loss); "
                  "text removal trains with the multi-scale L1 loss only")
@@ -157,7 +127,6 @@ def _load_vgg(config, mesh):
 
 
 def _init_from(config, setup) -> Any:
-  from upocr_jax.weights import weight_dir  # pylint: disable=g-import-not-at-top
   logging.info("initialising from %s", config.init_from)
   model = weight_dir.load_weights(config.init_from, config.model)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -173,18 +142,18 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   """
   maybe_initialize_distributed(config)
   devices = list(jax.devices() if devices is None else devices)
-  num_shards = validate_config(config, len(devices))
+  checked = config_checks.check_config(config, len(devices))
+  num_shards = checked.num_data_shards
   mesh = sharding.make_mesh(config, devices)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
                len(devices), jax.process_count())
 
-  n_sched = schedule_steps(config)
-  tx = optim.make_optimizer(config.optim, n_sched)
-  schedule = optim.make_schedule(config.optim, n_sched)
+  tx = optim.make_optimizer(config.optim, checked.schedule_steps)
+  schedule = optim.make_schedule(config.optim, checked.schedule_steps)
   setup = train_step.make_setup(config, mesh, tx)
-  layout = losses.BatchLayout.from_data_config(config.data, num_shards)
+  layout = BatchLayout.from_data_config(config.data, num_shards)
   vgg_graphdef, vgg_params = _load_vgg(config, mesh)
   step_fn = train_step.make_train_step(config, setup, tx, schedule, layout,
                                        mesh, vgg_graphdef)
@@ -290,7 +259,7 @@ def _check(step: int, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class _Hooks:
-  """Periodic previews and evaluations (imported lazily: optional pieces)."""
+  """Periodic previews and evaluations."""
 
   def __init__(self, config, workdir, mesh, setup, is_main):
     self.config, self.workdir, self.mesh = config, workdir, mesh
@@ -303,7 +272,6 @@ class _Hooks:
   def after_step(self, step, params, writer, last_step):
     t = self.config.train
     if t.preview_every and (step % t.preview_every == 0 or last_step):
-      from upocr_jax.train import preview  # pylint: disable=g-import-not-at-top
       if self._samples is None:  # the same images all run long: read once
         self._samples = preview.fixed_samples(self.config)
       path = preview.write_preview(self._model(params), self.config,
@@ -313,7 +281,6 @@ class _Hooks:
         logging.info("preview: %s", path)
     if (t.eval_every and step % t.eval_every == 0) or (last_step and
                                                        t.final_eval):
-      from upocr_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
       results = evaluate.run_evals(
           self._model(params), self.config, step, mesh=self.mesh,
           batch_axes=tuple(self.config.sharding.batch_axes))
@@ -327,14 +294,13 @@ class _Hooks:
 def _report_against_baselines(config, results: dict[str, float],
                               is_main: bool) -> dict[str, float]:
   """Prints the final synthetic evaluation next to the trivial baselines."""
-  from upocr_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
   base = baselines.flat_baselines(config, "synthetic",
                                   config.evals.max_examples)
   if is_main:
     print("final evaluation on held-out synthetic data (model vs trivial "
           "baselines; an undefined F, no pixel predicted, counts as 0):")
     for task, metric in baselines.HEADLINE.items():
-      key = task.replace(" ", "_")
+      key = task_key(task)
       model_v = results.get(f"eval/synthetic/{key}/{metric}", float("nan"))
       others = ", ".join(
           f"{k.split('/')[2]} {np.nan_to_num(v):.4g}"

@@ -26,7 +26,7 @@ from flax import nnx
 
 from upocr_jax.train import checkpoint
 from upocr_jax.models import UPOCR, VGG16Features
-from upocr_jax.models.vgg import FrozenParam
+from upocr_jax.models.layers import FrozenParam
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
