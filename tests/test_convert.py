@@ -148,7 +148,7 @@ def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
   out = tmp_path / "weights"
   proc = subprocess.run(
       [sys.executable, "-m", "upocr_jax.weights.convert", f"--config={cfg_file}",
-       f"--checkpoint={tmp_path / 'official.npz'}", f"--out={out}"],
+       f"--official={tmp_path / 'official.npz'}", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode == 0, proc.stderr[-3000:]

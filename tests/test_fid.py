@@ -221,11 +221,11 @@ def test_eval_cli_reports_fid_of_the_saved_pngs(weights_npz, extractor,
   out = tmp_path / "eval"
   evaluate.main([
       "upocr-eval", "--config=configs/upocr.py:tiny",
-      "--config.data.synthetic.num_eval=5", "--max-examples", "3",
+      "--config.data.synthetic.num_eval=5", "--max_examples", "3",
       "--checkpoint", str(root),
       "--dataset", "synthetic", "--task", "text removal",
-      "--inception-weights", weights_npz, "--fid-batch-size", "2",
-      "--save-predictions", "--output-dir", str(out)])
+      "--inception_weights", weights_npz, "--fid_batch_size", "2",
+      "--save_predictions", "--output_dir", str(out)])
   report = json.loads((out / "metrics.json").read_text())
   removal = report["results"]["text removal"]
   assert math.isfinite(removal["fid"]) and removal["fid"] > 0
