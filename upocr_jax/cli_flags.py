@@ -183,12 +183,10 @@ def _parse_argv(fv: flags.FlagValues, argv: list[str]) -> list[str]:
 def _flag_line(flag: flags.Flag) -> str:
   name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
   text = " ".join(flag.help.split())
-  if flag.default is not None and flag.default != []:
-    default = flag.default
-    if flag.boolean:
-      default = "true" if default else "false"
-    elif isinstance(default, list):
-      default = ",".join(map(str, default))
+  # default_as_str is the quoted command-line spelling ('8', 'true', and a
+  # config flag's spec rather than the whole config).
+  default = (flag.default_as_str or "").strip("'")
+  if flag.default is not None and default:
     text += f" (default: {default})"
   return f"  {name}: {text}"
 
