@@ -207,7 +207,7 @@ def entry_help(usage: str, define_flags: Callable[..., None]) -> str:
   """The ``--help`` text of an entry point (for tests and docs)."""
   fv = flags.FlagValues()
   define_flags(fv, [sys.argv[0]])
-  return help_text(usage, fv, list(fv))
+  return help_text(usage, fv, [n for n in fv if "." not in n])
 
 
 def run(prog: str, usage: str, define_flags: Callable[..., None],
@@ -230,7 +230,8 @@ def run(prog: str, usage: str, define_flags: Callable[..., None],
   """
   before = set(flags.FLAGS)
   define_flags(flags.FLAGS)
-  own = [n for n in flags.FLAGS if n not in before]
+  # Not the --config.a.b overrides a default config defines from sys.argv.
+  own = [n for n in flags.FLAGS if n not in before and "." not in n]
   errors = (flags.Error, UsageError) + tuple(user_errors)
 
   def parse_flags(argv: list[str]) -> list[str]:
