@@ -4,12 +4,16 @@ Writes a synthetic data set in the official layouts (JPEG, raw sides
 --min_size..--max_size, like the real photos), then times, in ONE process and
 ONE thread (= one grain worker), read + decode + label conversion + the paper's
 augmentations + resize for each task, and finally the whole interleaved
-pipeline (batch of 16 per task, in-process). Prints images/s.
+pipeline (batch per task as the config says, in-process). Prints images/s.
 
-  python benchmarks/input_pipeline.py --num 48
+Usage: python benchmarks/input_pipeline.py [--config=CONFIG] [--num=48]
+    [--min_size=480] [--max_size=800] [--steps=4] [--config.FIELD=VALUE ...]
+
+Example:
+  python benchmarks/input_pipeline.py --num=48 --config=paper \\
+      --config.data.image_size=384
 """
 
-import argparse
 import os
 import platform
 import sys
@@ -18,29 +22,40 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import data_config  # noqa: E402
 from input_pipeline import pipeline  # noqa: E402
 from input_pipeline import schema  # noqa: E402
 from input_pipeline import sources  # noqa: E402
 from input_pipeline import synthetic  # noqa: E402
 from input_pipeline import transforms  # noqa: E402
 from input_pipeline import write_synthetic  # noqa: E402
+from upocr_jax import cli_flags  # noqa: E402
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--num", type=int, default=48, help="images per task")
-  parser.add_argument("--min_size", type=int, default=480)
-  parser.add_argument("--max_size", type=int, default=800)
-  parser.add_argument("--steps", type=int, default=4,
-                      help="full-pipeline batches to time")
-  args = parser.parse_args()
+def define_flags(fv: flags.FlagValues, argv=None) -> None:
+  """The benchmark's flags (``--config.*`` overrides looked up in ``argv``)."""
+  cli_flags.DEFINE_config(fv, argv, default="paper", help_string="Config "
+                          "whose data section (augmentations, size) is timed")
+  flags.DEFINE_integer("num", 48, "Images per task.", flag_values=fv)
+  flags.DEFINE_integer("min_size", 480, "Smallest raw image side.",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_size", 800, "Largest raw image side.",
+                       flag_values=fv)
+  flags.DEFINE_integer("steps", 4, "Full-pipeline batches to time.",
+                       flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues) -> None:
+  """Runs the benchmark with the parsed flags ``fv``."""
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  args = fv
   with tempfile.TemporaryDirectory() as tmp:
     params = synthetic.SynthParams(args.min_size, args.max_size, 6)
     roots = write_synthetic.write_dataset(tmp, args.num, 1, 0, params)
-    cfg = data_config.get_data_config("paper")
+    cfg = fv.config.data.copy_and_resolve_references()
     cfg.worker_count = 0
     cfg.read_threads = 1
     for key, root in roots.items():
@@ -80,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("benchmarks/input_pipeline.py", __doc__, define_flags, main)

@@ -1,51 +1,60 @@
 """Inference speed of UPOCR: single-image latency and batched throughput.
 
-  python benchmarks/predict.py --config configs/upocr.py:paper --size 512 \\
-      --batch 1 --batch 4 --repeats 3
+Usage: python benchmarks/predict.py [--config=CONFIG] [--size=N] [--batch=B ...]
+    [--repeats=3] [--config.FIELD=VALUE ...]
+
+Example:
+  python benchmarks/predict.py --config=paper --size=512 --batch=1 --batch=4 \\
+      --repeats=3 --config.model.dtype=bfloat16
 
 Random weights (speed does not depend on them). Prints one JSON line per batch
 size with compile time, median latency and images/s, and the device.
 """
 
-import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import upocr as upocr_config
-from upocr_jax.models import UPOCR
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 
-
-def _load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  if path.endswith("upocr.py"):
-    return upocr_config.get_config(arg or "paper")
-  raise SystemExit(f"--config {spec}: only configs/upocr.py[:variant] is known")
+from upocr_jax import cli_flags  # noqa: E402
+from upocr_jax.models import UPOCR  # noqa: E402
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", default="configs/upocr.py:paper")
-  p.add_argument("--size", type=int, default=512)
-  p.add_argument("--batch", type=int, action="append")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--dtype", default=None, help="override config.model.dtype")
-  a = p.parse_args()
-  config = _load_config(a.config)
-  if a.dtype:
-    config.model.dtype = a.dtype
+def define_flags(fv: flags.FlagValues, argv=None) -> None:
+  """The benchmark's flags (``--config.*`` overrides looked up in ``argv``)."""
+  cli_flags.DEFINE_config(fv, argv, default="paper",
+                          help_string="Config whose model is timed")
+  flags.DEFINE_integer("size", None, "Image side (default: the config's "
+                       "data.image_size).", flag_values=fv)
+  flags.DEFINE_multi_integer("batch", [1], "Batch size",
+                             flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "Timed calls per batch size.",
+                       flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues) -> None:
+  """Runs the benchmark with the parsed flags ``fv``."""
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  a = fv
+  config = fv.config
+  size = a.size or config.data.image_size
   t = time.perf_counter()
   model = nnx.jit(lambda: UPOCR(config.model, rngs=nnx.Rngs(0)))()
   jax.block_until_ready(nnx.state(model))
   init_s = time.perf_counter() - t
   forward = nnx.jit(lambda m, x, ids: m(x, ids)[-1])
-  for b in a.batch or [1]:
-    x = jax.random.uniform(jax.random.key(0), (b, a.size, a.size, 3))
+  for b in a.batch:
+    x = jax.random.uniform(jax.random.key(0), (b, size, size, 3))
     ids = jnp.zeros((b,), jnp.int32)
     t = time.perf_counter()
     jax.block_until_ready(forward(model, x, ids))
@@ -57,8 +66,9 @@ def main() -> None:
       times.append(time.perf_counter() - t)
     med = statistics.median(times)
     print(json.dumps({
-        "benchmark": "predict", "config": a.config,
-        "dtype": config.model.dtype, "size": a.size, "batch": b,
+        "benchmark": "predict", "config": fv["config"].config_filename,
+        "overrides": fv["config"].override_values,
+        "dtype": config.model.dtype, "size": size, "batch": b,
         "init_s": round(init_s, 2), "compile_plus_first_s": round(compile_s, 2),
         "median_s": round(med, 3), "images_per_s": round(b / med, 3),
         "device": str(jax.devices()[0].device_kind),
@@ -67,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("benchmarks/predict.py", __doc__, define_flags, main)

@@ -1,7 +1,11 @@
 """Per-device memory and collectives of the train step on data/FSDP/tensor.
 
+Usage: python benchmarks/scaling.py [--config=CONFIG] [--meshes=D,F,T ...]
+    [--devices=N] [--config.FIELD=VALUE ...] [flags]
+
+Examples:
   python benchmarks/scaling.py                       # the default mesh list
-  python benchmarks/scaling.py --meshes 1,8,1 --meshes 2,2,2 --devices 8
+  python benchmarks/scaling.py --meshes=1,8,1 --meshes=2,2,2 --devices=8 --table
 
 Runs on fake CPU devices (``--xla_force_host_platform_device_count``; the count
 is the largest mesh's, or ``--devices``). Nothing is allocated or executed: the
@@ -28,35 +32,43 @@ machine, so by default the compiled columns (collectives, memory analysis)
 come from a reduced model: the paper's widths, heads, windows, losses (with an
 abstract VGG16) and batch (16 per task, raised to a multiple of the
 data-parallel size if needed), with 2 blocks per stage at 256x256
-(``--hlo-depths``, ``--hlo-size``; ``--hlo-depths full --hlo-size 0`` compiles
+(``--hlo_depths``, ``--hlo_size``; ``--hlo_depths=full --hlo_size=0`` compiles
 the paper config itself). Every JSON line names both configs. The CPU code is
-generated with cheap LLVM settings (``FAST_CODEGEN``; ``--full-codegen``
+generated with cheap LLVM settings (``FAST_CODEGEN``; ``--full_codegen``
 turns them off), which do not change the HLO.
 
 One JSON line per mesh, then (``--table``) a markdown table;
-``--from-jsonl FILE`` prints the table of earlier JSON lines.
+``--from_jsonl=FILE`` prints the table of earlier JSON lines.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
+from absl import flags
+
 
 def _force_host_devices(argv: list[str]) -> None:
   """Sets the fake CPU device count; works only before jax is imported."""
-  p = argparse.ArgumentParser(add_help=False)
-  p.add_argument("--devices", type=int, default=None)
-  p.add_argument("--meshes", action="append", default=None)
-  a, _ = p.parse_known_args(argv)
-  n = a.devices or max(math.prod(_parse_mesh(m)) for m in a.meshes or
-                       DEFAULT_MESHES)
-  flags = os.environ.get("XLA_FLAGS", "")
+  fv = flags.FlagValues()
+  _define_device_flags(fv)
+  fv(argv, known_only=True)
+  n = fv.devices or max(math.prod(_parse_mesh(m)) for m in fv.meshes or
+                        DEFAULT_MESHES)
+  xla_flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (
-      f"{flags} --xla_force_host_platform_device_count={n}").strip()
+      f"{xla_flags} --xla_force_host_platform_device_count={n}").strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _define_device_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_multi_string("meshes", None, "Mesh shape DATA,FSDP,TENSOR (default "
+                            "list: " + " ".join(DEFAULT_MESHES) + ")",
+                            flag_values=fv)
+  flags.DEFINE_integer("devices", None, "Fake CPU devices (default: the "
+                       "largest mesh's size).", flag_values=fv)
 
 
 def _parse_mesh(spec: str) -> tuple[int, int, int]:
@@ -70,7 +82,7 @@ DEFAULT_MESHES = ("2,1,1", "4,1,1", "8,1,1", "1,2,1", "1,4,1", "1,8,1",
                   "1,1,2", "1,1,4", "1,1,8", "2,2,2", "2,4,1")
 
 if __name__ == "__main__":
-  _force_host_devices(sys.argv[1:])
+  _force_host_devices(sys.argv)
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
       __file__))))
 
@@ -94,9 +106,9 @@ from absl import logging  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import hlo  # noqa: E402
-from configs import upocr as upocr_config  # noqa: E402
 from input_pipeline.layout import BatchLayout  # noqa: E402
 from upocr_jax import config_checks  # noqa: E402
+from upocr_jax import cli_flags  # noqa: E402
 from upocr_jax import sharding  # noqa: E402
 from upocr_jax.tasks import TASK_KEYS  # noqa: E402
 from upocr_jax.train import optim  # noqa: E402
@@ -193,9 +205,16 @@ def _replication_notes(config: ml_collections.ConfigDict, mesh) -> list[str]:
 
 # ------------------------------------------------------------- the bench ---
 
-def load_config(variant: str) -> ml_collections.ConfigDict:
-  """configs/upocr.py:VARIANT with the abstract VGG placeholder."""
-  config = upocr_config.get_config(variant)
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config ``spec`` names (e.g. 'tiny', see upocr_jax.cli_flags) with the
+  abstract VGG placeholder."""
+  return with_abstract_vgg(cli_flags.load_config(spec))
+
+
+def with_abstract_vgg(config: ml_collections.ConfigDict
+                      ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose VGG loss weights are the abstract placeholder."""
+  config = config.copy_and_resolve_references()
   if config.loss.perceptual or config.loss.style:
     config.loss.vgg_weights = _ABSTRACT_VGG
   return config
@@ -472,30 +491,35 @@ def _parse_depths(spec: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
           tuple(int(x) for x in dec.split(",")))
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", default="paper", help="configs/upocr.py variant")
-  p.add_argument("--meshes", action="append", default=None,
-                 help="DATA,FSDP,TENSOR (repeatable); default: "
-                 + " ".join(DEFAULT_MESHES))
-  p.add_argument("--devices", type=int, default=None,
-                 help="fake CPU devices (default: the largest mesh's size)")
-  p.add_argument("--hlo-depths", default="2,2,2,2/2,2,2,2,2",
-                 help="encoder/decoder blocks per stage of the compiled "
-                 "model; 'full' for the config's own")
-  p.add_argument("--hlo-size", type=int, default=256,
-                 help="image size of the compiled step; 0: the config's")
-  p.add_argument("--no-compile", action="store_true",
-                 help="memory figures only (no HLO)")
-  p.add_argument("--full-codegen", action="store_true",
-                 help="compile the CPU code with XLA's default optimization "
-                 "(slower; the HLO figures do not change)")
-  p.add_argument("--dump-hlo", default=None, metavar="DIR",
-                 help="write each compiled step's optimized HLO text here")
-  p.add_argument("--table", action="store_true", help="markdown table at end")
-  p.add_argument("--from-jsonl", default=None, metavar="FILE",
-                 help="only print the table of an earlier run's JSON lines")
-  a = p.parse_args()
+def define_flags(fv: flags.FlagValues, argv=None) -> None:
+  """The benchmark's flags (``--config.*`` overrides looked up in ``argv``)."""
+  cli_flags.DEFINE_config(fv, argv, default="paper",
+                          help_string="Config whose model is measured")
+  _define_device_flags(fv)
+  flags.DEFINE_string("hlo_depths", "2,2,2,2/2,2,2,2,2", "Encoder/decoder "
+                      "blocks per stage of the compiled model; 'full': the "
+                      "config's own.", flag_values=fv)
+  flags.DEFINE_integer("hlo_size", 256, "Image size of the compiled step; 0: "
+                       "the config's.", flag_values=fv)
+  flags.DEFINE_boolean("compile", True, "Compile the step for the HLO "
+                       "columns (--nocompile: memory figures only).",
+                       flag_values=fv)
+  flags.DEFINE_boolean("full_codegen", False, "Compile the CPU code with "
+                       "XLA's default optimization (slower; same HLO).",
+                       flag_values=fv)
+  flags.DEFINE_string("dump_hlo", None, "Directory: write each compiled "
+                      "step's optimized HLO text here.", flag_values=fv)
+  flags.DEFINE_boolean("table", False, "Print a markdown table at the end.",
+                       flag_values=fv)
+  flags.DEFINE_string("from_jsonl", None, "Only print the table of an "
+                      "earlier run's JSON lines in this file.", flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues) -> None:
+  """Runs the benchmark with the parsed flags ``fv``."""
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  a = fv
   if a.from_jsonl:
     with open(a.from_jsonl) as f:
       print(markdown_table([json.loads(line) for line in f
@@ -508,9 +532,9 @@ def main() -> None:
   if len(devices) < need:
     raise SystemExit(f"{need} devices needed, {len(devices)} available "
                      "(XLA_FLAGS was set before this script?)")
-  mem_config = load_config(a.config)
+  mem_config = with_abstract_vgg(fv.config)
   hlo_config = None
-  if not a.no_compile:
+  if a.compile:
     hlo_config = reduced_config(
         mem_config, None if a.hlo_depths == "full" else
         _parse_depths(a.hlo_depths), a.hlo_size or None)
@@ -526,4 +550,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("benchmarks/scaling.py", __doc__, define_flags, main,
+                quiet_logging=False)

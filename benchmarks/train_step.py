@@ -1,7 +1,11 @@
 """Speed, FLOPs, MFU and memory of the UPOCR train step.
 
-  python benchmarks/train_step.py --config configs/upocr.py:paper \\
-      --batch_per_task 1 --steps 3
+Usage: python benchmarks/train_step.py [--config=CONFIG] [--batch_per_task=1]
+    [--steps=3] [--config.FIELD=VALUE ...] [flags]
+
+Example:
+  python benchmarks/train_step.py --config=paper --batch_per_task=1 --steps=3 \\
+      --config.model.dtype=bfloat16
 
 Builds the real train step (``upocr_jax.train.train_step``: loss, gradients, AdamW,
 clipping, the finite guard) on one device with random weights and a random
@@ -27,7 +31,6 @@ Prints one JSON line with every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -35,6 +38,7 @@ import statistics
 import sys
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,34 +48,14 @@ from flax import nnx
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # the repo root, for configs/
 
 from benchmarks import flops as flops_lib  # noqa: E402
-from configs import upocr as upocr_config  # noqa: E402
 from input_pipeline.layout import BatchLayout  # noqa: E402
+from upocr_jax import cli_flags  # noqa: E402
 from upocr_jax import config_checks  # noqa: E402
 from upocr_jax import sharding  # noqa: E402
 from upocr_jax.tasks import TASK_KEYS  # noqa: E402
 from upocr_jax.train import optim  # noqa: E402
 from upocr_jax.train import train_step  # noqa: E402
 from upocr_jax.models.vgg import VGG16Features  # noqa: E402
-
-
-def load_config(spec: str, overrides: list[str]):
-  """configs/upocr.py[:variant] plus ``a.b=value`` overrides."""
-  path, _, arg = spec.partition(":")
-  if not path.endswith("upocr.py"):
-    raise SystemExit(f"--config {spec}: only configs/upocr.py[:variant]")
-  config = upocr_config.get_config(arg or "paper")
-  for item in overrides:
-    key, _, value = item.partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:
-      pass
-    node[leaf] = tuple(value) if isinstance(value, list) else value
-  return config
 
 
 def random_batch(config, layout: BatchLayout, seed: int = 0):
@@ -181,25 +165,34 @@ def model_flops(config, args) -> dict:
   return flops_lib.count_step_flops(step, abstract)
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", default="configs/upocr.py:paper")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override, e.g. --set model.dtype=bfloat16")
-  p.add_argument("--batch_per_task", type=int, default=1)
-  p.add_argument("--steps", type=int, default=3, help="timed steps")
-  p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--matmul_size", type=int, default=4096)
-  p.add_argument("--no_count", action="store_true",
-                 help="skip the jaxpr FLOP count (it traces the step again)")
-  p.add_argument("--compile_only", action="store_true",
-                 help="lower and compile from abstract arguments, print the "
-                 "compile time and memory estimate, and stop")
-  p.add_argument("--profile", default="",
-                 help="directory: trace two steps and print a summary of "
-                 "where the time goes")
-  a = p.parse_args()
-  config = load_config(a.config, a.set)
+def define_flags(fv: flags.FlagValues, argv=None) -> None:
+  """The benchmark's flags (``--config.*`` overrides looked up in ``argv``)."""
+  cli_flags.DEFINE_config(fv, argv, default="paper", help_string="Config "
+                          "whose train step is measured")
+  flags.DEFINE_integer("batch_per_task", 1, "Examples per task in the batch.",
+                       flag_values=fv)
+  flags.DEFINE_integer("steps", 3, "Timed steps.", flag_values=fv)
+  flags.DEFINE_integer("warmup", 1, "Untimed steps first.", flag_values=fv)
+  flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul that "
+                       "MFU is measured against.", flag_values=fv)
+  flags.DEFINE_boolean("count", True, "Count the jaxpr's FLOPs (--nocount "
+                       "skips it: it traces the step again).", flag_values=fv)
+  flags.DEFINE_boolean("compile_only", False, "Lower and compile from "
+                       "abstract arguments, print time and memory, stop.",
+                       flag_values=fv)
+  flags.DEFINE_string("profile", "", "Directory: trace two steps and print "
+                      "where the time goes.", flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues) -> None:
+  """Runs the benchmark with the parsed flags ``fv``."""
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  a = fv
+  # A copy: the flag's config is locked and the benchmark sets a few fields.
+  config = fv.config.copy_and_resolve_references()
+  spec = fv["config"].config_filename
+  overrides = fv["config"].override_values
   if config.loss.perceptual or config.loss.style:
     config.loss.vgg_weights = "random"  # only checked for being set
   t = time.perf_counter()
@@ -228,8 +221,8 @@ def main() -> None:
           flush=True)
     if a.compile_only:
       print(json.dumps({
-          "benchmark": "train_step_compile", "config": a.config,
-          "overrides": a.set, "batch": layout.batch_size,
+          "benchmark": "train_step_compile", "config": spec,
+          "overrides": overrides, "batch": layout.batch_size,
           "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
           "memory_estimate_bytes": need, "jax": jax.__version__,
           "date": time.strftime("%Y-%m-%d %H:%M")}), flush=True)
@@ -238,8 +231,8 @@ def main() -> None:
     if avail and need > 0.95 * avail:
       raise SystemExit(
           f"the step needs about {need / 2**30:.1f} GiB (XLA's memory "
-          f"analysis) but {avail / 2**30:.1f} GiB are available; try --set "
-          "model.remat=true or a smaller --batch_per_task")
+          f"analysis) but {avail / 2**30:.1f} GiB are available; try "
+          "--config.model.remat=true or a smaller --batch_per_task")
 
     state = args
     times = []
@@ -258,7 +251,7 @@ def main() -> None:
                                         hlo_text=compiled.as_text())
 
   counted = model = None
-  if not a.no_count:
+  if a.count:
     counted = flops_lib.count_step_flops(step, args)
     model = (model_flops(config, args) if config.model.remat else counted)
   dtype = jnp.dtype(config.model.dtype)
@@ -267,7 +260,7 @@ def main() -> None:
   # MFU counts the model's FLOPs; without the count, XLA's figure.
   achieved = (model["total"] if model else xla_flops) / med
   out = {
-      "benchmark": "train_step", "config": a.config, "overrides": a.set,
+      "benchmark": "train_step", "config": spec, "overrides": overrides,
       "dtype": str(dtype), "image_size": config.data.image_size,
       "batch": layout.batch_size, "remat": bool(config.model.remat),
       "vgg_loss": bool(config.loss.perceptual or config.loss.style),
@@ -314,4 +307,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("benchmarks/train_step.py", __doc__, define_flags, main)

@@ -1,6 +1,8 @@
 """UPOCR configurations.
 
-Usage: ``--config=configs/upocr.py:VARIANT`` with VARIANT one of
+Usage: ``--config=VARIANT`` (from any directory; also ``upocr:VARIANT`` or
+the path ``configs/upocr.py:VARIANT``, see upocr_jax/cli_flags.py) with VARIANT
+one of
 
 * ``paper``: the exact model and recipe of the UPOCR paper (SwinV2-S encoder,
   512x512, 16 images per task per step, 80k steps).

@@ -1,49 +1,40 @@
 """Writes a picture of augmented training examples: (input | target) per task.
 
-Usage:
-  python -m input_pipeline.preview --config configs/upocr.py:tiny --out grid.png
-  python -m input_pipeline.preview --config configs/upocr.py:paper \
-      --set data.text_removal.root=/data/SCUT-ENS --per_task 4 --out grid.png
+Usage: python -m input_pipeline.preview --out=FILE.png [--config=CONFIG]
+    [--config.FIELD=VALUE ...] [--per_task=4] [--cell=128]
+
+Examples:
+  python -m input_pipeline.preview --config=tiny --out=grid.png
+  python -m input_pipeline.preview --config=paper \\
+      --config.data.text_removal.root=/data/SCUT-ENS --per_task=4 --out=grid.png
 
 One row per task (text removal, tampered text detection, text segmentation),
 each cell the augmented input beside its target; ignore pixels are drawn grey as
 in the target itself.
 """
 
-import argparse
-import ast
-import importlib.util
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
+from absl import flags
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from input_pipeline import pipeline
 from input_pipeline import schema
+from upocr_jax import cli_flags
 
 
-def load_config(spec: str, overrides: Sequence[str] = ()) -> Any:
-  """Loads `path.py[:arg]` (a config file with get_config) and applies a=b."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: config file not found")
-  mod_spec = importlib.util.spec_from_file_location("_preview_config", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  for item in overrides:
-    key, _, value = item.partition("=")
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass  # A bare string.
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+def define_flags(fv: flags.FlagValues,
+                 argv: Sequence[str] | None = None) -> None:
+  """Defines the preview's flags on ``fv`` (``--config.*`` overrides looked
+  up in ``argv``, default sys.argv)."""
+  cli_flags.DEFINE_config(fv, argv, default="tiny",
+                          help_string="Config whose data section is drawn")
+  flags.DEFINE_string("out", None, "Output .png.", flag_values=fv)
+  flags.DEFINE_integer("per_task", 4, "Examples per task.", flag_values=fv)
+  flags.DEFINE_integer("cell", 128, "Side of each drawn image, in pixels.",
+                       flag_values=fv)
 
 
 def make_grid(batch: dict, per_task: int, cell: int) -> Image.Image:
@@ -74,27 +65,27 @@ def make_grid(batch: dict, per_task: int, cell: int) -> Image.Image:
   return grid
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/upocr.py:tiny",
-                      help="config file[:variant]")
-  parser.add_argument("--set", action="append", default=[],
-                      help="override, e.g. data.image_size=128 (repeatable)")
-  parser.add_argument("--out", required=True, help="output .png")
-  parser.add_argument("--per_task", type=int, default=4)
-  parser.add_argument("--cell", type=int, default=128, help="cell side (px)")
-  args = parser.parse_args(argv)
-  config = load_config(args.config, args.set)
+def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> str:
+  """Writes the preview; ``argv`` has the program name first. Flags are
+  parsed into a fresh FlagValues unless ``fv`` (parsed) is given."""
+  if fv is None:
+    fv, argv = cli_flags.parse(define_flags, argv)
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  cli_flags.require(fv, "out")
+  # A copy: the flag's config is locked, and the preview changes a few fields.
+  config = fv.config.copy_and_resolve_references()
   data = config.data
   data.worker_count = 0
   for key in schema.TASK_KEYS:
-    data[key].batch_size = args.per_task
+    data[key].batch_size = fv.per_task
   batch = next(pipeline.create_train_iterator(config))
-  out_dir = os.path.dirname(os.path.abspath(args.out))
+  out_dir = os.path.dirname(os.path.abspath(fv.out))
   os.makedirs(out_dir, exist_ok=True)
-  make_grid(batch, args.per_task, args.cell).save(args.out, optimize=True)
-  print(f"wrote {args.out}")
+  make_grid(batch, fv.per_task, fv.cell).save(fv.out, optimize=True)
+  print(f"wrote {fv.out}")
+  return fv.out
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("input_pipeline.preview", __doc__, define_flags, main)

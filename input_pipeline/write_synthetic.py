@@ -1,8 +1,16 @@
 """Writes a synthetic data set in the three official folder layouts.
 
-Usage:
-  python -m input_pipeline.write_synthetic --out /tmp/synth --num_train 64 \
-      --num_test 16 --min_size 256 --max_size 640
+Usage: python -m input_pipeline.write_synthetic --out=DIR [--config=CONFIG]
+    [--config.data.synthetic.FIELD=VALUE ...] [--num_train=64] [--num_test=16]
+
+Examples:
+  python -m input_pipeline.write_synthetic --out=/tmp/synth
+  python -m input_pipeline.write_synthetic --out=/tmp/synth --num_train=8 \\
+      --config=tiny --config.data.synthetic.min_size=256 --lossless
+
+The generator (seed, min_size/max_size of the raw sides, max_words, fonts_dir,
+photos_dir) is the config's ``data.synthetic``, as for on-the-fly synthetic
+training data; the flags give the number of examples written.
 
 Creates, under --out:
   SCUT-EnsText/{train,test}/{image,label,mask}/syn_NNNNN.jpg
@@ -12,16 +20,17 @@ Creates, under --out:
 so the folder readers and TFDS builders can run on it.
 """
 
-import argparse
 import json
 import os
 from typing import Sequence
 
+from absl import flags
 import numpy as np
 from PIL import Image
 
 from input_pipeline import schema
 from input_pipeline import synthetic
+from upocr_jax import cli_flags
 
 
 def _save(array: np.ndarray, path: str, quality: int) -> None:
@@ -101,29 +110,43 @@ def write_dataset(out_dir: str, num_train: int, num_test: int, seed: int = 0,
   return roots
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--num_train", type=int, default=64)
-  parser.add_argument("--num_test", type=int, default=16)
-  parser.add_argument("--num_val", type=int, default=None)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--min_size", type=int, default=256)
-  parser.add_argument("--max_size", type=int, default=640)
-  parser.add_argument("--max_words", type=int, default=6)
-  parser.add_argument("--fonts_dir", default=None, help="extra .ttf/.otf files")
-  parser.add_argument("--photos_dir", default=None,
-                      help="folder of background photos to mix in")
-  parser.add_argument("--lossless", action="store_true",
-                      help="PNG instead of JPEG for SCUT/Tampered images")
-  args = parser.parse_args(argv)
-  params = synthetic.SynthParams(args.min_size, args.max_size, args.max_words,
-                                 args.fonts_dir, args.photos_dir)
-  roots = write_dataset(args.out, args.num_train, args.num_test, args.seed,
-                        params, args.num_val, args.lossless)
+def define_flags(fv: flags.FlagValues,
+                 argv: Sequence[str] | None = None) -> None:
+  """Defines the writer's flags on ``fv`` (``--config.*`` overrides looked up
+  in ``argv``, default sys.argv)."""
+  cli_flags.DEFINE_config(fv, argv, default="paper", help_string="Config "
+                          "whose data.synthetic is the generator")
+  flags.DEFINE_string("out", None, "Output folder.", flag_values=fv)
+  flags.DEFINE_integer("num_train", 64, "Examples in each train split.",
+                       flag_values=fv)
+  flags.DEFINE_integer("num_test", 16, "Examples in each test split.",
+                       flag_values=fv)
+  flags.DEFINE_integer("num_val", None, "TextSeg val examples (default "
+                       "max(1, num_train // 4)).", flag_values=fv)
+  flags.DEFINE_boolean("lossless", False, "PNG instead of JPEG for the "
+                       "SCUT-EnsText and Tampered-IC13 images.",
+                       flag_values=fv)
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues | None = None
+         ) -> dict[str, str]:
+  """Writes the data sets; ``argv`` has the program name first. Flags are
+  parsed into a fresh FlagValues unless ``fv`` (parsed) is given. Returns
+  {task key: dataset root}."""
+  if fv is None:
+    fv, argv = cli_flags.parse(define_flags, argv)
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  cli_flags.require(fv, "out")
+  s = fv.config.data.synthetic
+  params = synthetic.SynthParams(s.min_size, s.max_size, s.max_words,
+                                 s.fonts_dir or None, s.photos_dir or None)
+  roots = write_dataset(fv.out, fv.num_train, fv.num_test, s.seed, params,
+                        fv.num_val, fv.lossless)
   for key, root in roots.items():
     print(f"{key}: {root}")
+  return roots
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("input_pipeline.write_synthetic", __doc__, define_flags, main)

@@ -10,7 +10,9 @@ from flax import nnx
 
 from tests.fixture_utils import fixture_model_config, official_state_dict
 from upocr_jax.models.layers import FrozenParam
+from upocr_jax.weights import convert
 from upocr_jax.weights import official
+from upocr_jax.weights import state_dict
 from upocr_jax.weights import vgg_weights
 from upocr_jax.weights import weight_dir
 
@@ -135,8 +137,8 @@ def test_torchvision_vgg16(sd, reference):
     vgg_weights.load_vgg({k: v for k, v in tv.items() if k != "features.0.weight"})
 
 
-def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
-  np.savez(tmp_path / "official.npz", **sd)
+def _config_file(tmp_path):
+  """A config file whose model is the fixture's."""
   cfg_file = tmp_path / "fixture_config.py"
   cfg_file.write_text(
       "from tests.fixture_utils import fixture_model_config\n"
@@ -145,10 +147,16 @@ def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
       "  c = upocr.get_config('tiny')\n"
       "  c.model = fixture_model_config()\n"
       "  return c\n")
+  return cfg_file
+
+
+def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
+  np.savez(tmp_path / "official.npz", **sd)
+  cfg_file = _config_file(tmp_path)
   out = tmp_path / "weights"
   proc = subprocess.run(
       [sys.executable, "-m", "upocr_jax.weights.convert", f"--config={cfg_file}",
-       f"--checkpoint={tmp_path / 'official.npz'}", f"--out={out}"],
+       f"--official={tmp_path / 'official.npz'}", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -164,3 +172,50 @@ def test_convert_cli_writes_a_loadable_weight_dir(sd, reference, tmp_path):
     weight_dir.load_weights(str(out), other)
   with pytest.raises(FileExistsError):
     weight_dir.save_weights(str(out), model)
+
+
+def _torchvision_vgg(sd):
+  tv = {}
+  for k, v in sd.items():
+    if k.startswith("vgg16."):
+      _, group, idx, leaf = k.split(".")
+      start = (0, 5, 10)[int(group[-1]) - 1]
+      tv[f"features.{start + int(idx)}.{leaf}"] = v
+  return tv
+
+
+def test_convert_cli_vgg_in_strict_mode_and_errors_name_the_flags(
+    sd, reference, tmp_path):
+  np.savez(tmp_path / "no_vgg.npz",
+           **{k: v for k, v in sd.items() if not k.startswith("vgg16.")})
+  np.savez(tmp_path / "vgg16.npz", **_torchvision_vgg(sd))
+  argv = ["upocr-convert", f"--config={_config_file(tmp_path)}",
+          f"--official={tmp_path / 'no_vgg.npz'}"]
+  # Strict (the default), without --vgg: the error names --vgg and --nostrict.
+  with pytest.raises(ValueError, match=r"no vgg16\.\* keys: pass --vgg=FILE"
+                     r".*--nostrict") as e:
+    convert.main(argv + [f"--out={tmp_path / 'a'}"])
+  assert "strict=False" not in str(e.value)
+  # Strict with --vgg: the checkpoint needs no vgg16.* keys.
+  out = tmp_path / "weights"
+  convert.main(argv + [f"--vgg={tmp_path / 'vgg16.npz'}", f"--out={out}"])
+  model, vgg = weight_dir.load_weights(str(out), with_vgg=True)
+  assert_same(model, reference[0])
+  for k, v in flat(vgg, FrozenParam).items():
+    np.testing.assert_array_equal(v, flat(reference[1], FrozenParam)[k])
+  # A mis-shaped key: the command line's error names --nostrict ...
+  bad = dict(sd)
+  bad["task_prompt.task_embedding.weight"] = np.zeros((1, 1), np.float32)
+  np.savez(tmp_path / "bad.npz", **bad)
+  argv[2] = f"--official={tmp_path / 'bad.npz'}"
+  with pytest.raises(ValueError, match="pass --nostrict") as e:
+    convert.main(argv + [f"--out={tmp_path / 'b'}"])
+  assert "task_prompt.task_embedding.weight" in str(e.value)
+  assert "strict=False" not in str(e.value)
+  # ... and the library's names its keyword argument.
+  with pytest.raises(state_dict.StrictLoadError, match="pass strict=False"):
+    official.load_official(bad, fixture_model_config())
+  # The renamed input flag: --checkpoint is not upocr-convert's.
+  with pytest.raises(Exception, match="checkpoint"):
+    convert.main(["upocr-convert", f"--checkpoint={tmp_path / 'bad.npz'}",
+                  f"--out={tmp_path / 'c'}"])

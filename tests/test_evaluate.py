@@ -37,7 +37,7 @@ def cli_results(workdir, tmp_path_factory):
   results = evaluate.main([
       "upocr-eval", "--config=configs/upocr.py:tiny",
       "--config.data.synthetic.num_eval=5", "--checkpoint", workdir,
-      "--dataset", "synthetic", "--save-predictions", "--output-dir", str(out)])
+      "--dataset", "synthetic", "--save_predictions", "--output_dir", str(out)])
   return results, out
 
 
@@ -116,7 +116,7 @@ def test_bad_inputs(model, workdir, tmp_path):
     evaluate.evaluate(model, config, "text removal", "synthetic",
                       mesh=Mesh(np.asarray(jax.devices()[:8]), ("data",)))
   argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--dataset",
-          "synthetic", "--output-dir", str(tmp_path)]
+          "synthetic", "--output_dir", str(tmp_path)]
   with pytest.raises(ValueError, match="model fields differ: encoder.embed_dim"):
     evaluate.main(argv + ["--checkpoint", workdir,
                           "--config.model.encoder.embed_dim=32"])

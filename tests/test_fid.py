@@ -124,6 +124,22 @@ def test_batching_and_identical_sets(extractor):
   assert r["num_skipped_identical"] == 3  # skipped by the averages, not FID
 
 
+def test_fid_command_on_two_folders(weights_npz, extractor, tmp_path, capsys):
+  rng = np.random.default_rng(4)
+  for d in ("a", "b"):
+    os.makedirs(tmp_path / d)
+    for i in range(3):
+      Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(
+          tmp_path / d / f"{i}.png")
+  value = fid.main(["fid", f"--inception_weights={weights_npz}",
+                    "--batch_size=2", str(tmp_path / "a"), str(tmp_path / "b")])
+  assert f"FID: {value}" in capsys.readouterr().out
+  assert value == pytest.approx(fid.fid_of_folders(
+      str(tmp_path / "a"), str(tmp_path / "b"), extractor), rel=1e-5)
+  with pytest.raises(ValueError, match="two image folders"):
+    fid.main(["fid", f"--inception_weights={weights_npz}", str(tmp_path)])
+
+
 def test_fewer_than_two_images_is_not_a_number():
   acc = metrics.TextRemovalMetrics(feature_extractor=lambda img: img.mean((0, 1)))
   img = np.zeros((8, 8, 3), np.uint8)
@@ -216,11 +232,11 @@ def test_eval_cli_reports_fid_of_the_saved_pngs(weights_npz, extractor,
   out = tmp_path / "eval"
   evaluate.main([
       "upocr-eval", "--config=configs/upocr.py:tiny",
-      "--config.data.synthetic.num_eval=5", "--max-examples", "3",
+      "--config.data.synthetic.num_eval=5", "--max_examples", "3",
       "--checkpoint", str(root),
       "--dataset", "synthetic", "--task", "text removal",
-      "--inception-weights", weights_npz, "--fid-batch-size", "2",
-      "--save-predictions", "--output-dir", str(out)])
+      "--inception_weights", weights_npz, "--fid_batch_size", "2",
+      "--save_predictions", "--output_dir", str(out)])
   report = json.loads((out / "metrics.json").read_text())
   removal = report["results"]["text removal"]
   assert math.isfinite(removal["fid"]) and removal["fid"] > 0

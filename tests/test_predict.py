@@ -152,8 +152,8 @@ def test_cli_writes_outputs(ckpt, tmp_path):
   Image.fromarray(np.zeros((64, 40, 3), np.uint8)).save(single)
   out = tmp_path / "out"
   base = ["upocr-predict", "--checkpoint", os.path.dirname(ckpt),  # workdir
-          str(src), str(single), "--output-dir", str(out), "--image-size",
-          "64", "--batch-size", "4"]
+          str(src), str(single), "--output_dir", str(out), "--image_size",
+          "64", "--batch_size", "4"]
   cli.main(base + ["--task", "text removal", "--mode", "tiled"])
   assert Image.open(out / "sub" / "b.png").size == (70, 33)
   assert Image.open(out / "c.png").size == (40, 64)
@@ -175,7 +175,7 @@ def test_bad_inputs(ckpt, predictor, tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   base = ["upocr-predict", "--checkpoint", ckpt, "--task", "text removal",
-          "--output-dir", str(tmp_path / "o")]
+          "--output_dir", str(tmp_path / "o")]
   with pytest.raises(ValueError, match="broken.png: cannot read image"):
     cli.main(base + [str(bad)])
   with pytest.raises(ValueError, match="empty: folder contains no image"):

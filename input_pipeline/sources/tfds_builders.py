@@ -3,8 +3,8 @@
 Manual download: point ``manual_dir`` at the extracted data set in its official
 layout (the same folder the folder readers take as ``root``)::
 
-  python -m input_pipeline.sources.tfds_builders --dataset scut_enstext \
-      --manual_dir data/TextRemoval/SCUT-ENS --data_dir data/tfds
+  python -m input_pipeline.sources.tfds_builders --dataset=scut_enstext \
+      --manual_dir=data/TextRemoval/SCUT-ENS --data_dir=data/tfds
 
 Builds without tensorflow: images are stored as their original encoded bytes
 when they are RGB JPEG/PNG files (otherwise converted to RGB PNG), the SCUT mask
@@ -13,11 +13,11 @@ labels as 8-bit PNG, Tampered-IC13 boxes as an int32 (N, 5) tensor. Files are
 checked with the folder readers, so a bad file fails the build with its name.
 """
 
-import argparse
 import io
 import os
 from typing import Iterator, Sequence
 
+from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -26,7 +26,8 @@ from input_pipeline import schema
 from input_pipeline.sources import common
 from input_pipeline.sources.scut_enstext import ScutEnsText
 from input_pipeline.sources.tampered_ic13 import TamperedIC13
-from input_pipeline.sources.textseg import TextSeg, read_split_names
+from input_pipeline.sources.textseg import TextSeg
+from upocr_jax import cli_flags
 
 _VERSION = tfds.core.Version("1.0.0")
 
@@ -138,14 +139,44 @@ def build(name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder
   return builder
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Build a UPOCR TFDS data set.")
-  parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
-  parser.add_argument("--manual_dir", required=True)
-  parser.add_argument("--data_dir", required=True)
-  args = parser.parse_args(argv)
-  build(args.dataset, args.manual_dir, args.data_dir)
+USAGE = """Build a UPOCR TFDS data set (ArrayRecord) from its official folder.
+
+Usage: python -m input_pipeline.sources.tfds_builders --dataset=NAME \\
+    --manual_dir=DIR --data_dir=DIR
+
+Example:
+  python -m input_pipeline.sources.tfds_builders --dataset=scut_enstext \\
+      --manual_dir=data/TextRemoval/SCUT-ENS --data_dir=data/tfds
+
+Training reads it with --config.data.<task>.source=tfds and
+--config.data.tfds_data_dir=DIR.
+"""
+
+
+def define_flags(fv: flags.FlagValues,
+                 argv: Sequence[str] | None = None) -> None:
+  """Defines the builder's flags on ``fv`` (``argv`` unused: no config)."""
+  del argv
+  flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Data set to build.",
+                    flag_values=fv)
+  flags.DEFINE_string("manual_dir", None, "The extracted data set, in its "
+                      "official layout.", flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "TFDS data directory written to.",
+                      flag_values=fv)
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues | None = None
+         ) -> tfds.core.DatasetBuilder:
+  """Builds the data set; ``argv`` has the program name first. Flags are
+  parsed into a fresh FlagValues unless ``fv`` (parsed) is given."""
+  if fv is None:
+    fv, argv = cli_flags.parse(define_flags, argv)
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments {argv[1:]}")
+  cli_flags.require(fv, "dataset", "manual_dir", "data_dir")
+  return build(fv.dataset, fv.manual_dir, fv.data_dir)
 
 
 if __name__ == "__main__":
-  main()
+  cli_flags.run("input_pipeline.sources.tfds_builders", USAGE, define_flags,
+                main)

@@ -62,9 +62,10 @@ def test_task_contents():
 
 
 def test_writer_cli_layouts(tmp_path):
-  write_synthetic.main(["--out", str(tmp_path), "--num_train", "2",
-                        "--num_test", "1", "--min_size", "32",
-                        "--max_size", "40"])
+  write_synthetic.main(["write_synthetic", "--out", str(tmp_path),
+                        "--num_train", "2", "--num_test", "1",
+                        "--config.data.synthetic.min_size=32",
+                        "--config.data.synthetic.max_size=40"])
   for rel in ("SCUT-EnsText/train/image/syn_00001.jpg",
               "SCUT-EnsText/test/mask/syn_00000.jpg",
               "TextSeg/semantic_label/syn_val_00000_maskfg.png",
@@ -75,9 +76,9 @@ def test_writer_cli_layouts(tmp_path):
 
 def test_preview_cli(tmp_path):
   out = tmp_path / "grid.png"
-  preview.main(["--config", "configs/upocr.py:tiny", "--out", str(out),
-                "--per_task", "2", "--cell", "32",
-                "--set", "data.image_size=32"])
+  preview.main(["preview", "--config", "configs/upocr.py:tiny", "--out",
+                str(out), "--per_task", "2", "--cell", "32",
+                "--config.data.image_size=32"])
   from PIL import Image  # pylint: disable=g-import-not-at-top
   assert Image.open(out).size[1] == 3 * (32 + 8)
 

@@ -37,11 +37,11 @@ import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
 from input_pipeline import pipeline
+from upocr_jax import cli_flags
 from upocr_jax import sharding
 from upocr_jax.evaluation import fid
 from upocr_jax.evaluation import metrics as metrics_lib
@@ -282,16 +282,31 @@ def run_evals(model: UPOCR, config: ml_collections.ConfigDict, step: int,
 # ----------------------------------------------------------------------- CLI
 
 
+USAGE = """upocr-eval: evaluate a checkpoint as the paper did.
+
+Usage: upocr-eval --config=CONFIG --checkpoint=DIR --dataset=DATASET [flags]
+
+Examples:
+  upocr-eval --config=tiny --checkpoint=/tmp/upocr_tiny --dataset=synthetic
+  upocr-eval --config=paper --checkpoint=weights/upocr_paper \\
+      --dataset=scut_enstext --config.data.text_removal.source=folder \\
+      --config.data.text_removal.root=/data/SCUT-ENS \\
+      --inception_weights=inception_fid.npz --save_predictions
+
+Writes OUTPUT_DIR/metrics.json (default CHECKPOINT/eval/DATASET) and prints a
+table. Data sets: scut_enstext, textseg, tampered_ic13 (read as config.data
+configures the task's source) or synthetic (all three tasks, held-out split).
+"""
+
+
 def define_flags(fv: flags.FlagValues,
                  argv: Sequence[str] | None = None) -> None:
   """Defines the flags of ``upocr-eval`` on ``fv``.
 
   ``--config.*`` overrides are looked up in ``argv`` (default sys.argv).
   """
-  config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/upocr.py:paper.",
-      flag_values=fv, lock_config=True,
-      sys_argv=None if argv is None else list(argv))
+  cli_flags.DEFINE_config(fv, argv, help_string="Config whose model matches "
+                          "the checkpoint and whose data section is read")
   flags.DEFINE_string("checkpoint", None, "Weight directory, or a training "
                       "workdir (its latest checkpoint).", flag_values=fv)
   flags.DEFINE_enum("dataset", None, list(DATASETS), "Data set to evaluate.",
@@ -311,15 +326,10 @@ def define_flags(fv: flags.FlagValues,
                      "threshold.",
                      flag_values=fv)
   flags.DEFINE_string("inception_weights", None, "pytorch-fid's FID Inception "
-                      "weights (pt_inception-2015-12-05-6726825d.pth, or the "
-                      ".npz that upocr-convert --inception writes): text "
-                      "removal then reports FID as pytorch-fid computes it; "
-                      "without them FID is not computed.", flag_values=fv)
+                      "weights (.pth, or the .npz of upocr-convert "
+                      "--inception): report FID too.", flag_values=fv)
   flags.DEFINE_integer("fid_batch_size", 32, "Images per Inception call.",
                        flag_values=fv)
-  for name in ("save_predictions", "output_dir", "max_examples", "mssim_mode",
-               "seg_threshold", "inception_weights", "fid_batch_size"):
-    flags.DEFINE_alias(name.replace("_", "-"), name, flag_values=fv)
 
 
 def cli_mesh(model: UPOCR, config: ml_collections.ConfigDict
@@ -366,14 +376,11 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
   given, so tests can call this repeatedly.
   """
   if fv is None:
-    fv = flags.FlagValues()
-    define_flags(fv, argv)
-    argv = fv(list(argv))
+    fv, argv = cli_flags.parse(define_flags, argv)
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("config", "checkpoint", "dataset"):
-    if fv[name].value is None:
-      raise ValueError(f"--{name} is required")
+    raise cli_flags.UsageError(
+        f"unexpected arguments: {' '.join(argv[1:])}")
+  cli_flags.require(fv, "config", "checkpoint", "dataset")
   config = fv.config
   model = runner.load_model(fv.checkpoint, config.model)
   tasks = DATASETS[fv.dataset]
@@ -412,4 +419,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
 
 def run_main() -> None:
   """Console entry point (``upocr-eval``)."""
-  runner.run_cli("upocr-eval", define_flags, main)
+  cli_flags.run("upocr-eval", USAGE, define_flags, main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -11,7 +11,7 @@ from uint8 images (what the PNGs hold), jitted and batched.
 
 The network weights are never downloaded: the user passes pytorch-fid's
 ``pt_inception-2015-12-05-6726825d.pth`` (needs torch to read) or the .npz that
-``python -m upocr_jax.weights.convert --inception X.pth --out X.npz`` writes from it.
+``upocr-convert --inception=X.pth --out=X.npz`` writes from it.
 
 Python::
 
@@ -20,16 +20,17 @@ Python::
 
 Command line, like ``python -m pytorch_fid dir1 dir2``::
 
-  python -m upocr_jax.evaluation.fid inception_fid.npz dir1 dir2
+  python -m upocr_jax.evaluation.fid --inception_weights=inception_fid.npz \\
+      dir1 dir2
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Any, Mapping, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +38,7 @@ from flax import nnx
 from numpy.typing import ArrayLike
 from PIL import Image
 
+from upocr_jax import cli_flags
 from upocr_jax.evaluation import metrics
 from upocr_jax.inference import image_ops
 from upocr_jax.models.inception import FEATURE_DIM, FIDInceptionV3
@@ -179,14 +181,45 @@ def fid_of_folders(folder1: str, folder2: str,
                                   folder_features(folder2, extractor))
 
 
-def main(argv: Sequence[str]) -> None:
-  """``python -m upocr_jax.evaluation.fid WEIGHTS DIR1 DIR2``: prints the FID."""
-  if len(argv) != 4:
-    raise SystemExit("usage: python -m upocr_jax.evaluation.fid INCEPTION_WEIGHTS DIR1 "
-                     "DIR2")
-  extractor = InceptionFeatureExtractor(argv[1])
-  print(f"FID: {fid_of_folders(argv[2], argv[3], extractor)}")
+USAGE = """FID between two folders of images, as pytorch-fid computes it.
+
+Usage: python -m upocr_jax.evaluation.fid --inception_weights=FILE DIR1 DIR2
+
+Example:
+  python -m upocr_jax.evaluation.fid --inception_weights=inception_fid.npz \\
+      predictions/text_removal ground_truth/
+
+Like ``python -m pytorch_fid DIR1 DIR2``; prints the FID.
+"""
+
+
+def define_flags(fv: flags.FlagValues,
+                 argv: Sequence[str] | None = None) -> None:
+  """Defines the flags of the FID command on ``fv`` (``argv`` unused: no
+  config)."""
+  del argv
+  flags.DEFINE_string("inception_weights", None, "pytorch-fid's FID Inception "
+                      "weights (.pth, or the .npz of upocr-convert "
+                      "--inception).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 32, "Images per Inception call.",
+                       flag_values=fv)
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> float:
+  """Prints and returns the FID of the two folders in ``argv`` (program name
+  first); flags parsed into a fresh FlagValues unless ``fv`` is given."""
+  if fv is None:
+    fv, argv = cli_flags.parse(define_flags, argv)
+  cli_flags.require(fv, "inception_weights")
+  if len(argv) != 3:
+    raise cli_flags.UsageError(
+        f"expected two image folders, got {len(argv) - 1} arguments")
+  extractor = InceptionFeatureExtractor(fv.inception_weights,
+                                        batch_size=fv.batch_size)
+  value = fid_of_folders(argv[1], argv[2], extractor)
+  print(f"FID: {value}")
+  return value
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  cli_flags.run("upocr_jax.evaluation.fid", USAGE, define_flags, main)

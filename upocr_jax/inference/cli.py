@@ -1,8 +1,14 @@
-"""``upocr-predict``: run a checkpoint on image files and folders.
+"""upocr-predict: run a checkpoint on image files and folders.
 
-  upocr-predict --checkpoint DIR --task "text removal" INPUT... --output-dir OUT
-      [--mode resize|tiled] [--batch-size 8] [--image-size 512] [--overlap N]
-      [--config configs/upocr.py:paper]
+Usage: upocr-predict --checkpoint=DIR --task=TASK --output_dir=OUT INPUT...
+    [--mode=resize|tiled] [--batch_size=8] [--image_size=512] [--overlap=N]
+    [--config=CONFIG]
+
+Examples:
+  upocr-predict --checkpoint=/tmp/upocr_tiny --task="text removal" \\
+      --output_dir=out photo.jpg scans/
+  upocr-predict --checkpoint=weights/upocr_paper --task=text_segmentation \\
+      --mode=tiled --output_dir=out page.png
 
 INPUTs are image files or folders (searched recursively for every extension PIL
 reads; sub-folders are mirrored under OUT). Written per input NAME:
@@ -20,11 +26,11 @@ import os
 from typing import Sequence
 
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from upocr_jax import tasks
+from upocr_jax import cli_flags, tasks
 from upocr_jax.inference import postprocess
 from upocr_jax.inference import runner
 from upocr_jax.inference.predictor import MODES, Predictor, load_image
@@ -57,13 +63,8 @@ def define_flags(fv: flags.FlagValues,
                      flag_values=fv)
   flags.DEFINE_integer("min_region_area", 16, "Smallest tampered/real region "
                        "reported, in pixels.", flag_values=fv)
-  config_flags.DEFINE_config_file(
-      "config", None, "Optional config; the checkpoint must match its model.",
-      flag_values=fv, lock_config=True,
-      sys_argv=None if argv is None else list(argv))
-  for name in ("output_dir", "batch_size", "image_size", "seg_threshold",
-               "min_region_area"):
-    flags.DEFINE_alias(name.replace("_", "-"), name, flag_values=fv)
+  cli_flags.DEFINE_config(fv, argv, help_string="Optional config; the "
+                          "checkpoint must match its model")
 
 
 def _image_extensions() -> set[str]:
@@ -148,12 +149,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
   given, so tests and notebooks can call this repeatedly.
   """
   if fv is None:
-    fv = flags.FlagValues()
-    define_flags(fv, argv)
-    argv = fv(list(argv))
-  for name in ("checkpoint", "task", "output_dir"):
-    if not fv[name].value:
-      raise ValueError(f"--{name} is required")
+    fv, argv = cli_flags.parse(define_flags, argv)
+  cli_flags.require(fv, "checkpoint", "task", "output_dir")
   # Cheap checks first: the task against the checkpoint's config, the inputs.
   saved = weight_dir.read_model_config(
       runner.resolve_weights_dir(fv.checkpoint))
@@ -164,7 +161,6 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
       batch_size=fv.batch_size, overlap=fv.overlap,
       seg_threshold=fv.seg_threshold, min_region_area=fv.min_region_area)
   written = []
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   # A chunk of batch_size images per step: full model batches in resize mode,
   # bounded host memory in tiled mode.
   step = predictor.batch_size
@@ -183,4 +179,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
 
 def run_main() -> None:
   """Console entry point (``upocr-predict``)."""
-  runner.run_cli("upocr-predict", define_flags, main)
+  cli_flags.run("upocr-predict", __doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+  run_main()

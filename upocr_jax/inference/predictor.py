@@ -10,8 +10,10 @@ Python::
 
 Command line::
 
-  upocr-predict --checkpoint DIR --task "text removal" photo.jpg scans/ \
-      --output-dir out [--mode resize|tiled] [--batch-size 8]
+  upocr-predict --checkpoint=DIR --task="text removal" photo.jpg scans/ \
+      --output_dir=out [--mode=resize|tiled] [--batch_size=8]
+
+(``python -m upocr_jax.inference.cli``; ``upocr-predict --help`` lists the flags.)
 
 Two modes: ``resize`` (the paper's way) resizes every image to the model size
 (``image_size``, bicubic) and the output back to the input size (bilinear);
@@ -24,6 +26,7 @@ saved them (``(x * 255).astype(uint8)`` after clamping).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence, Union
 
 import ml_collections
@@ -198,3 +201,9 @@ class Predictor:
       B tampered; list of regions, see postprocess.tamper_regions).
     """
     return self.predict_batch([image], task)[0]
+
+
+if __name__ == "__main__":
+  # A library module: point at the command instead of exiting silently.
+  sys.exit("upocr_jax.inference.predictor is the Python API; the command line "
+           "is upocr-predict (python -m upocr_jax.inference.cli --help)")

@@ -10,14 +10,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
 from flax import nnx
 
 from upocr_jax.weights import weight_dir
@@ -102,24 +100,3 @@ def predict_batches(model: UPOCR, images: np.ndarray, task_id: int,
   if not outs:
     return np.zeros((0,) + images.shape[1:3] + (3,), np.float32)
   return np.concatenate(outs)
-
-
-def run_cli(prog: str, define_flags: Callable[[flags.FlagValues], None],
-            main: Callable[..., object]) -> None:
-  """Runs ``main(argv, flags.FLAGS)`` as the absl program ``prog``.
-
-  Orbax's INFO logging is hidden unless --verbosity is given, and expected
-  user errors (ValueError, FileNotFoundError) print one line instead of a
-  traceback.
-  """
-
-  def app_main(argv: Sequence[str]) -> None:
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)
-    try:
-      main(argv, flags.FLAGS)
-    except (ValueError, FileNotFoundError) as e:
-      sys.exit(f"{prog}: error: {e}")
-
-  define_flags(flags.FLAGS)
-  app.run(app_main)

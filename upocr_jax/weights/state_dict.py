@@ -160,15 +160,29 @@ def build(factory: Callable[[], nnx.Module], strict: bool) -> nnx.Module:
   return nnx.eval_shape(factory) if strict else factory()
 
 
+class StrictLoadError(ValueError):
+  """A strict load found missing, unexpected or mis-shaped keys (``report``)."""
+
+  def __init__(self, report: LoadReport, source: str,
+               relax: str = "pass strict=False"):
+    self.report, self.source = report, source
+    super().__init__(self.message(relax))
+
+  def message(self, relax: str) -> str:
+    """The report, ending with how to relax the check (``relax``, e.g. the
+    keyword argument or the command-line flag that does it)."""
+    return (self.report.describe(self.source) + f"\n({relax} to load what "
+            "matches and keep the initial values of the rest)")
+
+
 def finish(report: LoadReport, strict: bool, source_name: str) -> None:
-  """Raises (strict) or logs what ``report`` found wrong; nothing if ok."""
+  """Raises StrictLoadError (strict) or logs what ``report`` found wrong;
+  nothing if ok."""
   if report.ok:
     return
-  msg = report.describe(source_name)
   if strict:
-    raise ValueError(msg + "\n(pass strict=False to load what matches and "
-                     "keep the initial values of the rest)")
-  logging.warning("%s", msg)
+    raise StrictLoadError(report, source_name)
+  logging.warning("%s", report.describe(source_name))
 
 
 def source_name(source: str | os.PathLike | Mapping[str, Any]) -> str:
