@@ -33,8 +33,9 @@ def arrange(examples, num_shards):
   return {key: v[order] for key, v in examples.items()}
 
 
-def one_step(mesh_shape, devices, examples, host_params=None):
+def one_step(mesh_shape, devices, examples, host_params=None, rules=()):
   cfg = th.micro_config(per_task=PER_TASK)
+  cfg.sharding.rules = tuple(cfg.sharding.rules) + tuple(rules)
   # No stochastic depth: its per-example masks follow the batch layout, which
   # differs between meshes; this test is about the sharding alone.
   cfg.model.encoder.drop_path_rate = cfg.model.decoder.drop_path_rate = 0.0
@@ -49,7 +50,7 @@ def one_step(mesh_shape, devices, examples, host_params=None):
   params = (setup.init_params() if host_params is None
             else jax.device_put(host_params, setup.param_shardings))
   init = jax.device_get(params)
-  with sharding.mesh_context(mesh, cfg.sharding.batch_axes):
+  with sharding.mesh_context(mesh, sharding.activation_rules(cfg)):
     batch = train_step.global_batch(arrange(examples, shards), mesh, cfg)
     params, _, m = step(params, setup.init_opt_state(params), None, batch,
                         np.int32(0), jax.random.key(0))
@@ -61,13 +62,19 @@ def reference(examples):
   return one_step((1, 1, 1), jax.devices()[:1], examples)
 
 
-@pytest.mark.parametrize("shape", [
-    (8, 1, 1), (2, 4, 1), (2, 2, 2)])
-def test_meshes_give_the_loss_of_one_device(examples, reference, shape):
+# Spatial sharding of the decoder's H/4..H maps, by config alone (later
+# rules override earlier ones).
+HIRES_HEIGHT_OVER_TENSOR = (("act_height_hires", "tensor"),)
+
+
+@pytest.mark.parametrize("shape,rules", [
+    ((8, 1, 1), ()), ((2, 4, 1), ()), ((2, 2, 2), ()),
+    ((2, 1, 4), HIRES_HEIGHT_OVER_TENSOR)])
+def test_meshes_give_the_loss_of_one_device(examples, reference, shape, rules):
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
   init0, ref, params0 = reference
   # The same initial values, placed in this mesh's shardings.
-  _, m, params = one_step(shape, jax.devices(), examples, init0)
+  _, m, params = one_step(shape, jax.devices(), examples, init0, rules)
   for k in ("loss", "loss/textremoval_MSR_loss", "loss/textseg_l1_loss",
             "loss/ttd_l1_loss"):
     np.testing.assert_allclose(m[k], ref[k], rtol=1e-5, err_msg=f"{shape} {k}")

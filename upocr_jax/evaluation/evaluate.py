@@ -204,7 +204,8 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     bar.update(1)
 
   pending = None
-  with (sharding.mesh_context(mesh, axes) if mesh is not None
+  with (sharding.mesh_context(mesh, sharding.activation_rules(config, axes))
+        if mesh is not None
         else contextlib.nullcontext()):
     for batch in ds:
       ids = np.full(len(batch["image"]), model_task_id, np.int32)

@@ -219,7 +219,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   hooks = _Hooks(config, workdir, mesh, setup, is_main)
   try:
     with _Preemption() as preempt, sharding.mesh_context(
-        mesh, config.sharding.batch_axes):
+        mesh, sharding.activation_rules(config)):
       last = _loop(config, step_fn, params, opt_state, vgg_params, data_iter,
                    ckpt, writer, hooks, preempt, mesh, layout, start, key,
                    is_main)
