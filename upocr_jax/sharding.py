@@ -218,3 +218,64 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
       _NOTED.add(n)
       logging.info("sharding: %s", n)
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _fmt_bytes(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  raise AssertionError("unreachable")
+
+
+def _fmt_spec(spec: P, ndim: int) -> str:
+  if not any(spec):
+    return "repl"
+  dims = list(spec) + [None] * (ndim - len(spec))
+  return "(" + ",".join(
+      "-" if d is None else d if isinstance(d, str) else "+".join(d)
+      for d in dims) + ")"
+
+
+def param_table(params: Any) -> str:
+  """A readable table: parameters -> PartitionSpecs and bytes per device.
+
+  ``params``: a pytree of arrays or ShapeDtypeStructs with NamedShardings
+  (e.g. ``TrainSetup.abstract_params``). One row per module: each of its
+  parameters as ``name shape spec`` (spec: the mesh axes of each dim, ``-``
+  whole, ``repl`` replicated), then bytes on one device and in all. The
+  blocks of a stage (``blocks/<i>``) are one row ``blocks/*`` with their
+  count, so the paper model's 18-block stages stay short. Ends with totals.
+  """
+  modules: dict[str, dict[str, list]] = {}
+  total = per_device = count = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    sh = x.sharding
+    spec = sh.spec if isinstance(sh, NamedSharding) else P()
+    local = math.prod(sh.shard_shape(x.shape)) * x.dtype.itemsize
+    nbytes = x.size * x.dtype.itemsize
+    module = modules.setdefault("/".join(keys[:-1]), {})
+    module[keys[-1]] = [tuple(x.shape), _fmt_spec(spec, x.ndim), local, nbytes]
+    total, per_device, count = total + nbytes, per_device + local, count + x.size
+  rows: dict[tuple, list[int]] = {}
+  for name, ps in modules.items():
+    keys = name.split("/")
+    keys = ["*" if i and keys[i - 1] == "blocks" and k.isdigit() else k
+            for i, k in enumerate(keys)]
+    desc = "  ".join(f"{k} {'x'.join(map(str, v[0])) or '()'} {v[1]}"
+                     for k, v in ps.items())
+    row = rows.setdefault(("/".join(keys) or "(top)", desc), [0, 0, 0])
+    row[0] += 1
+    row[1] += sum(v[2] for v in ps.values())
+    row[2] += sum(v[3] for v in ps.values())
+  width = max(len(k[0]) for k in rows)
+  dwidth = max(len(k[1]) for k in rows)
+  lines = [f"{'module':<{width}} {'n':>3}  {'parameters: shape mesh-axes':<{dwidth}}"
+           f" {'per device':>10} {'global':>10}"]
+  for (name, desc), (n, local, glob) in rows.items():
+    lines.append(f"{name:<{width}} {n:>3}  {desc:<{dwidth}} "
+                 f"{_fmt_bytes(local):>10} {_fmt_bytes(glob):>10}")
+  lines.append(f"total: {count:,} parameters, {_fmt_bytes(per_device)} per "
+               f"device, {_fmt_bytes(total)} in all")
+  return "\n".join(lines)

@@ -184,6 +184,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   tx = optim.make_optimizer(config.optim, n_sched)
   schedule = optim.make_schedule(config.optim, n_sched)
   setup = train_step.make_setup(config, mesh, tx)
+  logging.info("parameter shardings (mesh %s):\n%s", dict(mesh.shape),
+               sharding.param_table(setup.abstract_params))
   layout = losses.BatchLayout.from_data_config(config.data, num_shards)
   vgg_graphdef, vgg_params = _load_vgg(config, mesh)
   step_fn = train_step.make_train_step(config, setup, tx, schedule, layout,
