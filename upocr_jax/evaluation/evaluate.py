@@ -92,24 +92,15 @@ def _get(x, mesh: Optional[Mesh], spec: P) -> np.ndarray:
 
 
 def _merge_processes(acc) -> None:
-  """Sums an accumulator's counts over processes (each saw its own examples)."""
+  """Adds the other processes' counts to ``acc`` (each saw its own examples)."""
   if jax.process_count() == 1:
     return
-
-  def allsum(x):
-    return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
-  if isinstance(acc, metrics_lib.TextRemovalMetrics):
-    if acc.feature_extractor is not None:
-      acc.set_features(*map(_gather_rows, acc.features()))
-    # metrics.py has no merge API; its sums/counts are plain attributes.
-    sums = acc._sums  # pylint: disable=protected-access
-    keys = sorted(sums)
-    vals = allsum([sums[k] for k in keys] + [acc.count, acc.skipped])
-    sums.update(zip(keys, map(float, vals[:-2])))
-    acc.count, acc.skipped = int(vals[-2]), int(vals[-1])
-  else:
-    acc.confusion_matrix = allsum(acc.confusion_matrix).astype(np.int64)
-    acc.num_images = int(allsum(acc.num_images))
+  if getattr(acc, "feature_extractor", None) is not None:
+    acc.set_features(*map(_gather_rows, acc.features()))
+  me = jax.process_index()
+  others = {k: np.delete(np.asarray(multihost_utils.process_allgather(
+      np.asarray(v))), me, axis=0).sum(0) for k, v in acc.counts().items()}
+  acc.merge(others)
 
 
 def _gather_rows(x: np.ndarray) -> np.ndarray:

@@ -308,6 +308,25 @@ class TextRemovalMetrics:
     self._flush_features()
     self._feats = tuple(list(np.asarray(f, np.float64)) for f in (pred_feats, gt_feats))
 
+  def counts(self) -> dict[str, np.ndarray]:
+    """The additive state (sums and counts; not the FID features)."""
+    return {**{k: np.float64(v) for k, v in self._sums.items()},
+            'count': np.int64(self.count), 'skipped': np.int64(self.skipped)}
+
+  def merge(self, other: 'TextRemovalMetrics | dict') -> None:
+    """Adds another accumulator's images (e.g. another process's), or its
+    ``counts()``; FID features come only with an accumulator."""
+    if isinstance(other, TextRemovalMetrics):
+      if self.feature_extractor is not None:
+        mine, theirs = self.features(), other.features()
+        self.set_features(*(np.concatenate([a, b]) if len(b) else a
+                            for a, b in zip(mine, theirs)))
+      other = other.counts()
+    for k in self._sums:
+      self._sums[k] += float(other[k])
+    self.count += int(other['count'])
+    self.skipped += int(other['skipped'])
+
   def result(self) -> dict:
     """Averages over the counted images (NaN when there are none)."""
     out = {k: (v / self.count if self.count else float('nan'))
@@ -431,6 +450,20 @@ class SegmentationMetrics:
     self.confusion_matrix += _confusion(gt, (mean > self.threshold).astype(np.int64), 2)
     self.num_images += 1
 
+  def counts(self) -> dict[str, np.ndarray]:
+    """The additive state: the confusion matrix and the number of images."""
+    return {'confusion_matrix': self.confusion_matrix.copy(),
+            'num_images': np.int64(self.num_images)}
+
+  def merge(self, other) -> None:
+    """Adds another accumulator's images (e.g. another process's), or its
+    ``counts()``."""
+    if not isinstance(other, dict):
+      other = other.counts()
+    self.confusion_matrix = self.confusion_matrix + np.asarray(
+        other['confusion_matrix'], np.int64)
+    self.num_images += int(other['num_images'])
+
   def result(self) -> dict:
     """fgIoU, precision, recall and F of the text class over the whole set."""
     s = _scores(self.confusion_matrix)
@@ -477,6 +510,20 @@ class TamperMetrics:
     out = _pred_at(pred, gt.shape).argmax(-1)
     self.confusion_matrix += _confusion(gt, out, 3)
     self.num_images += 1
+
+  def counts(self) -> dict[str, np.ndarray]:
+    """The additive state: the confusion matrix and the number of images."""
+    return {'confusion_matrix': self.confusion_matrix.copy(),
+            'num_images': np.int64(self.num_images)}
+
+  def merge(self, other) -> None:
+    """Adds another accumulator's images (e.g. another process's), or its
+    ``counts()``."""
+    if not isinstance(other, dict):
+      other = other.counts()
+    self.confusion_matrix = self.confusion_matrix + np.asarray(
+        other['confusion_matrix'], np.int64)
+    self.num_images += int(other['num_images'])
 
   def result(self) -> dict:
     """Per-class '<class>_<metric>' values plus 'mean_<metric>' over real+tampered."""
