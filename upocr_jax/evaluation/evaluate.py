@@ -31,10 +31,9 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 from absl import flags, logging
-from flax import nnx
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -313,20 +312,23 @@ def define_flags(fv: flags.FlagValues,
     flags.DEFINE_alias(name.replace("_", "-"), name, flag_values=fv)
 
 
-def cli_mesh(model: UPOCR, config: ml_collections.ConfigDict
-             ) -> Optional[Mesh]:
-  """A 1-D 'data' mesh over all devices with the model replicated, when the
-  eval batch divides evenly over them; None (one device) otherwise."""
-  n = jax.device_count()
-  if n == 1 or config.data.eval_batch_size % n:
-    if n > 1:
-      logging.warning("eval_batch_size %d does not divide over %d devices: "
-                      "evaluating on one device", config.data.eval_batch_size, n)
-    return None
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  state = nnx.state(model)
-  nnx.update(model, jax.device_put(state, NamedSharding(mesh, P())))
-  return mesh
+def eval_mesh(model: UPOCR, config: ml_collections.ConfigDict
+              ) -> tuple[Mesh, ml_collections.ConfigDict]:
+  """The mesh of ``config.mesh`` with ``model`` sharded as training shards it
+  (data parallel over all devices without a mesh section), and a copy of
+  ``config`` whose ``data.eval_batch_size`` is rounded up to a multiple of
+  the batch shards (the extra positions are padding, masked out)."""
+  mesh, par = runner.place_on_mesh(model, config)
+  n = sharding.num_batch_shards(mesh, par)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if "sharding" not in config:
+    config.sharding = par.sharding
+  size = config.data.eval_batch_size
+  if size % n:
+    logging.warning("config.data.eval_batch_size %d does not divide over %d "
+                    "batch shards: using %d", size, n, -(-size // n) * n)
+    config.data.eval_batch_size = -(-size // n) * n
+  return mesh, config
 
 
 def _clean(v: Any) -> Any:
@@ -365,8 +367,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
   for name in ("config", "checkpoint", "dataset"):
     if fv[name].value is None:
       raise ValueError(f"--{name} is required")
-  config = fv.config
-  model = runner.load_model(fv.checkpoint, config.model)
+  model = runner.load_model(fv.checkpoint, fv.config.model)
+  mesh, config = eval_mesh(model, fv.config)
   tasks = DATASETS[fv.dataset]
   if fv.task:
     tasks = (runner.canonical_task(fv.task, list(tasks)),)
@@ -385,7 +387,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
       model, config, fv.dataset, tasks, max_examples=fv.max_examples,
       save_dir=(os.path.join(out_dir, "predictions") if fv.save_predictions
                 else None),
-      mesh=cli_mesh(model, config), mssim_mode=fv.mssim_mode,
+      mesh=mesh, batch_axes=tuple(config.sharding.batch_axes),
+      mssim_mode=fv.mssim_mode,
       seg_threshold=fv.seg_threshold, feature_extractor=extractor)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
