@@ -334,7 +334,7 @@ def lower_train_step(config: ml_collections.ConfigDict, shape: Sequence[int],
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl)
   t = time.perf_counter()
   # As trainer.run traces it: the model pins its activations' batch dimension.
-  with sharding.mesh_context(mesh, tuple(config.sharding.batch_axes)):
+  with sharding.mesh_context(mesh, sharding.activation_rules(config)):
     lowered = step_fn.lower(params, opt, vgg_params, batch, step, key)
   return (lowered, config, mesh, time.perf_counter() - t,
           _total_bytes(params))
@@ -357,7 +357,7 @@ def compiled_figures(config: ml_collections.ConfigDict, shape: Sequence[int],
   lowered, config, mesh, lower_s, param_bytes = lower_train_step(
       config, shape, devices)
   t = time.perf_counter()
-  with sharding.mesh_context(mesh, tuple(config.sharding.batch_axes)):
+  with sharding.mesh_context(mesh, sharding.activation_rules(config)):
     compiled = lowered.compile(
         FAST_CODEGEN if fast_codegen and mesh.devices.flat[0].platform == "cpu"
         else None)

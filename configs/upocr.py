@@ -87,14 +87,22 @@ def _parallel_config(config: ml_collections.ConfigDict) -> None:
   config.mesh.shape = (-1, 1, 1)
   config.sharding = ml_collections.ConfigDict()
   config.sharding.batch_axes = ("data", "fsdp")
-  # Logical axis name (see upocr_jax/models) -> mesh axis / axes / None.
+  # Logical axis name (see upocr_jax/models) -> mesh axis / axes / None
+  # (replicated). Parameters, then activations (the NHWC maps between stages;
+  # their batch dim, act_batch, always follows batch_axes above).
   config.sharding.rules = (
-      ("embed", "fsdp"),       # model width of linears
-      ("mlp", "tensor"),       # MLP hidden / output features
+      ("embed", "fsdp"),       # model width: input features of linears
+      ("mlp", "tensor"),       # MLP hidden features
+      ("embed_out", "tensor"), # output features of patch merge/split, proj
       ("heads", "tensor"),     # q/k/v features (whole heads per shard)
       ("conv_in", "fsdp"),
       ("conv_out", "tensor"),
       ("norm", None), ("heads_only", None), ("cpb", None), ("tasks", None),
+      ("prompt", None),        # task prompt features
+      # Activations. E.g. spatial sharding of the decoder's H/4..H maps over
+      # the tensor axis: ("act_height_hires", "tensor").
+      ("act_height", None), ("act_width", None), ("act_embed", None),
+      ("act_height_hires", None), ("act_width_hires", None),
   )
   # Multi-host: set enabled (or run where JAX detects a cluster: TPU pod,
   # SLURM, ...) to call jax.distributed.initialize; None fields = autodetect.

@@ -104,6 +104,30 @@ def test_sharded_eval_matches_single_device(model):
     assert sharded[k] == pytest.approx(single[k], rel=1e-5, nan_ok=True)
 
 
+def test_eval_on_the_configured_mesh_matches_one_device(model):
+  config = helpers.tiny_config()
+  single = evaluate.evaluate_dataset(model, config, "synthetic",
+                                     progress=False)
+  config.mesh.shape = (1, 8, 1)
+  sharded_model = nnx.clone(model)
+  mesh, cfg = evaluate.eval_mesh(sharded_model, config)
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  # Sharded as training shards it (FSDP), and the batch of 4 padded to 8.
+  qkv = sharded_model.encoder.layers[0].blocks[0].attn.qkv.kernel[...]
+  assert qkv.sharding.spec[0] == "fsdp"
+  assert cfg.data.eval_batch_size == 8
+  sharded = evaluate.evaluate_dataset(
+      sharded_model, cfg, "synthetic", progress=False, mesh=mesh,
+      batch_axes=cfg.sharding.batch_axes)
+  for task, res in single.items():
+    for k, v in res.items():
+      if isinstance(v, float):
+        assert sharded[task][k] == pytest.approx(v, rel=1e-5, nan_ok=True), (
+            task, k)
+      else:
+        assert sharded[task][k] == v, (task, k)
+
+
 def test_bad_inputs(model, workdir, tmp_path):
   config = helpers.tiny_config()
   with pytest.raises(ValueError, match="source is 'synthetic'"):

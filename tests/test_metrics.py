@@ -267,3 +267,33 @@ def test_other_errors():
     M.TamperMetrics().update(img, np.zeros((8, 8), np.float32))
   with pytest.raises(ValueError, match='pred must be an HxWx3'):
     M.TamperMetrics().update(img[..., :2], img)
+
+
+def _assert_same_results(got, want):
+  assert got.keys() == want.keys()
+  for k, v in want.items():
+    if isinstance(v, float):
+      assert got[k] == pytest.approx(v, rel=1e-12, nan_ok=True), k
+    else:
+      assert got[k] == v, k
+
+
+@pytest.mark.parametrize('cls', [M.TextRemovalMetrics, M.SegmentationMetrics,
+                                 M.TamperMetrics])
+def test_merge_equals_one_pass(cls):
+  rng = np.random.default_rng(7)
+  pairs = [(rng.integers(0, 256, (16, 16, 3), np.uint8),
+            rng.integers(0, 256, (16, 16, 3), np.uint8)) for _ in range(5)]
+  whole, first, rest = cls(), cls(), cls()
+  for i, (pred, gt) in enumerate(pairs):
+    whole.update(pred, gt)
+    (first if i < 2 else rest).update(pred, gt)
+  want = whole.result()
+  by_counts = cls()
+  for pred, gt in pairs[:2]:
+    by_counts.update(pred, gt)
+  # Its counts, as gathered from other processes.
+  by_counts.merge(rest.counts())
+  _assert_same_results(by_counts.result(), want)
+  first.merge(rest)  # another accumulator
+  _assert_same_results(first.result(), want)

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -113,6 +114,38 @@ def test_output_has_input_size(predictor, mode):
     x0, y0, x1, y1 = r["box"]
     assert r["class"] in ("real", "tampered") and 0 <= x0 <= x1 < 150
     assert 0 <= y0 <= y1 < 70 and r["area"] >= predictor.min_region_area
+
+
+@pytest.fixture(scope="module")
+def one_device_maps(ckpt):
+  config = helpers.tiny_config()
+  config.mesh.shape = (1, 1, 1)
+  one = Predictor.from_checkpoint(ckpt, config=config, image_size=64,
+                                  batch_size=2, devices=jax.devices()[:1])
+  return {t: one.predict_maps(_mesh_images(), t) for t in TASKS}
+
+
+def _mesh_images():
+  rng = np.random.default_rng(5)
+  return [rng.integers(0, 256, s, np.uint8)
+          for s in ((70, 150, 3), (64, 64, 3), (40, 90, 3))]
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2)])
+def test_predictor_on_a_mesh_matches_one_device(ckpt, one_device_maps, shape):
+  config = helpers.tiny_config()
+  config.mesh.shape = shape
+  pred = Predictor.from_checkpoint(ckpt, config=config, image_size=64,
+                                   batch_size=2)
+  assert dict(pred.mesh.shape) == dict(zip(("data", "fsdp", "tensor"), shape))
+  # Parameters sharded by the rules (fc1: embed -> fsdp, mlp -> tensor).
+  fc1 = pred.model.encoder.layers[0].blocks[0].mlp.fc1.kernel[...]
+  assert tuple(fc1.sharding.spec) == ("fsdp",
+                                      "tensor" if shape[2] > 1 else None)
+  for task in TASKS:
+    for got, want in zip(pred.predict_maps(_mesh_images(), task),
+                         one_device_maps[task]):
+      np.testing.assert_allclose(got, want, atol=1e-5, err_msg=task)
 
 
 def test_label_components_matches_scipy():

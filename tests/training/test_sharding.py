@@ -1,8 +1,11 @@
 """Parallelism by config: same loss on every mesh, FSDP really shards."""
 
 import jax
+import jax.extend.core
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from input_pipeline import pipeline
 from input_pipeline.layout import BatchLayout
@@ -33,8 +36,9 @@ def arrange(examples, num_shards):
   return {key: v[order] for key, v in examples.items()}
 
 
-def one_step(mesh_shape, devices, examples, host_params=None):
+def one_step(mesh_shape, devices, examples, host_params=None, rules=()):
   cfg = th.micro_config(per_task=PER_TASK)
+  cfg.sharding.rules = tuple(cfg.sharding.rules) + tuple(rules)
   # No stochastic depth: its per-example masks follow the batch layout, which
   # differs between meshes; this test is about the sharding alone.
   cfg.model.encoder.drop_path_rate = cfg.model.decoder.drop_path_rate = 0.0
@@ -49,7 +53,7 @@ def one_step(mesh_shape, devices, examples, host_params=None):
   params = (setup.init_params() if host_params is None
             else jax.device_put(host_params, setup.param_shardings))
   init = jax.device_get(params)
-  with sharding.mesh_context(mesh, cfg.sharding.batch_axes):
+  with sharding.mesh_context(mesh, sharding.activation_rules(cfg)):
     batch = train_step.global_batch(arrange(examples, shards), mesh, cfg)
     params, _, m = step(params, setup.init_opt_state(params), None, batch,
                         np.int32(0), jax.random.key(0))
@@ -61,13 +65,19 @@ def reference(examples):
   return one_step((1, 1, 1), jax.devices()[:1], examples)
 
 
-@pytest.mark.parametrize("shape", [
-    (8, 1, 1), (2, 4, 1), (2, 2, 2)])
-def test_meshes_give_the_loss_of_one_device(examples, reference, shape):
+# Spatial sharding of the decoder's H/4..H maps, by config alone (later
+# rules override earlier ones).
+HIRES_HEIGHT_OVER_TENSOR = (("act_height_hires", "tensor"),)
+
+
+@pytest.mark.parametrize("shape,rules", [
+    ((8, 1, 1), ()), ((2, 4, 1), ()), ((2, 2, 2), ()),
+    ((2, 1, 4), HIRES_HEIGHT_OVER_TENSOR)])
+def test_meshes_give_the_loss_of_one_device(examples, reference, shape, rules):
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
   init0, ref, params0 = reference
   # The same initial values, placed in this mesh's shardings.
-  _, m, params = one_step(shape, jax.devices(), examples, init0)
+  _, m, params = one_step(shape, jax.devices(), examples, init0, rules)
   for k in ("loss", "loss/textremoval_MSR_loss", "loss/textseg_l1_loss",
             "loss/ttd_l1_loss"):
     np.testing.assert_allclose(m[k], ref[k], rtol=1e-5, err_msg=f"{shape} {k}")
@@ -108,3 +118,76 @@ def test_fsdp_and_tensor_parallel_shard_params_and_optimizer(mesh_shape):
   mu = opt_state[1][0].mu
   for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(mu)):
     assert p.sharding == s.sharding
+
+
+def _constraints(jaxpr):
+  """(shape, spec) of every sharding constraint, nested jaxprs included."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "sharding_constraint":
+      out.append((eqn.invars[0].aval.shape, eqn.params["sharding"].spec))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out += _constraints(sub)
+  return out
+
+
+def test_rules_shard_the_height_of_the_hires_maps_only():
+  cfg = th.micro_config(per_task=PER_TASK)
+  cfg.mesh.shape = (2, 1, 4)
+  cfg.sharding.rules = tuple(cfg.sharding.rules) + HIRES_HEIGHT_OVER_TENSOR
+  mesh = sharding.make_mesh(cfg)
+  graphdef, abstract = train_step.abstract_model(cfg)
+
+  def forward(state, images, ids):
+    return nnx.merge(graphdef, state)(images, ids)
+
+  s = cfg.data.image_size
+  with sharding.mesh_context(mesh, sharding.activation_rules(cfg)):
+    jaxpr = jax.make_jaxpr(forward)(
+        abstract, jax.ShapeDtypeStruct((8, s, s, 3), jnp.float32),
+        jax.ShapeDtypeStruct((8,), jnp.int32))
+  found = _constraints(jaxpr.jaxpr)
+  assert found and all(spec[0] == "data" for _, spec in found), found
+  split = {shape[1] for shape, spec in found if spec[1] == "tensor"}
+  assert split == {s // 4, s // 2, s}, found
+  # The encoder's H/4 map keeps its height whole.
+  assert any(shape[1] == s // 4 and spec[1] is None for shape, spec in found)
+  assert all(spec[2:] == (None, None) for _, spec in found), found
+
+
+def test_activation_rules():
+  cfg = th.micro_config()
+  rules = sharding.activation_rules(cfg)
+  assert rules["act_batch"] == ("data", "fsdp")
+  assert rules["act_height_hires"] == () and rules["mlp"] == ("tensor",)
+  assert sharding.activation_rules(None, ("data",)) == {"act_batch": ("data",)}
+  cfg.sharding.rules = tuple(cfg.sharding.rules) + (("act_batch", "data"),)
+  with pytest.raises(sharding.ShardingConfigError,
+                     match="'act_batch' is not a rule"):
+    sharding.activation_rules(cfg)
+  # Outside mesh_context the model's constraints are no-ops.
+  x = jnp.ones((2, 4, 4, 3))
+  assert sharding.constrain(x, ("act_batch", None, None, None)) is x
+
+
+def test_param_table_lists_specs_and_bytes():
+  cfg = th.micro_config()
+  cfg.model.encoder.embed_dim = 32   # qkv kernels divisible by 2 and 4
+  cfg.model.encoder.depths = (1, 1, 3, 1)
+  cfg.mesh.shape = (1, 2, 4)
+  mesh = sharding.make_mesh(cfg)
+  setup = train_step.make_setup(cfg, mesh, optim.make_optimizer(
+      cfg.optim, cfg.train.steps))
+  lines = sharding.param_table(setup.abstract_params).splitlines()
+  rows = {ln.split()[0]: ln.split() for ln in lines[1:-1]}
+  # The 3 blocks of encoder stage 2 are one row; qkv (128, 384) is split
+  # over fsdp x tensor: 196608 bytes in all, 1/8 on each device.
+  qkv = rows["encoder/layers/2/blocks/*/attn/qkv"]
+  assert qkv[1:5] == ["3", "kernel", "128x384", "(fsdp,tensor)"], qkv
+  assert qkv[5:] == ["72.0", "KiB", "576.0", "KiB"], qkv
+  assert rows["encoder/layers/2/blocks/*/norm1"][1:] == [
+      "3", "bias", "128", "repl", "scale", "128", "repl", "3.0", "KiB",
+      "3.0", "KiB"]
+  assert "task_embedding" in rows["(top)"]
+  n = sum(x.size for x in jax.tree.leaves(setup.abstract_params))
+  assert lines[-1].startswith(f"total: {n:,} parameters, ")

@@ -32,10 +32,9 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 from absl import flags, logging
-from flax import nnx
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -91,24 +90,15 @@ def _get(x, mesh: Optional[Mesh], spec: P) -> np.ndarray:
 
 
 def _merge_processes(acc) -> None:
-  """Sums an accumulator's counts over processes (each saw its own examples)."""
+  """Adds the other processes' counts to ``acc`` (each saw its own examples)."""
   if jax.process_count() == 1:
     return
-
-  def allsum(x):
-    return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
-  if isinstance(acc, metrics_lib.TextRemovalMetrics):
-    if acc.feature_extractor is not None:
-      acc.set_features(*map(_gather_rows, acc.features()))
-    # metrics.py has no merge API; its sums/counts are plain attributes.
-    sums = acc._sums  # pylint: disable=protected-access
-    keys = sorted(sums)
-    vals = allsum([sums[k] for k in keys] + [acc.count, acc.skipped])
-    sums.update(zip(keys, map(float, vals[:-2])))
-    acc.count, acc.skipped = int(vals[-2]), int(vals[-1])
-  else:
-    acc.confusion_matrix = allsum(acc.confusion_matrix).astype(np.int64)
-    acc.num_images = int(allsum(acc.num_images))
+  if getattr(acc, "feature_extractor", None) is not None:
+    acc.set_features(*map(_gather_rows, acc.features()))
+  me = jax.process_index()
+  others = {k: np.delete(np.asarray(multihost_utils.process_allgather(
+      np.asarray(v))), me, axis=0).sum(0) for k, v in acc.counts().items()}
+  acc.merge(others)
 
 
 def _gather_rows(x: np.ndarray) -> np.ndarray:
@@ -204,7 +194,8 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     bar.update(1)
 
   pending = None
-  with (sharding.mesh_context(mesh, axes) if mesh is not None
+  with (sharding.mesh_context(mesh, sharding.activation_rules(config, axes))
+        if mesh is not None
         else contextlib.nullcontext()):
     for batch in ds:
       ids = np.full(len(batch["image"]), model_task_id, np.int32)
@@ -332,20 +323,23 @@ def define_flags(fv: flags.FlagValues,
                        flag_values=fv)
 
 
-def cli_mesh(model: UPOCR, config: ml_collections.ConfigDict
-             ) -> Optional[Mesh]:
-  """A 1-D 'data' mesh over all devices with the model replicated, when the
-  eval batch divides evenly over them; None (one device) otherwise."""
-  n = jax.device_count()
-  if n == 1 or config.data.eval_batch_size % n:
-    if n > 1:
-      logging.warning("eval_batch_size %d does not divide over %d devices: "
-                      "evaluating on one device", config.data.eval_batch_size, n)
-    return None
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  state = nnx.state(model)
-  nnx.update(model, jax.device_put(state, NamedSharding(mesh, P())))
-  return mesh
+def eval_mesh(model: UPOCR, config: ml_collections.ConfigDict
+              ) -> tuple[Mesh, ml_collections.ConfigDict]:
+  """The mesh of ``config.mesh`` with ``model`` sharded as training shards it
+  (data parallel over all devices without a mesh section), and a copy of
+  ``config`` whose ``data.eval_batch_size`` is rounded up to a multiple of
+  the batch shards (the extra positions are padding, masked out)."""
+  mesh, par = runner.place_on_mesh(model, config)
+  n = sharding.num_batch_shards(mesh, par)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if "sharding" not in config:
+    config.sharding = par.sharding
+  size = config.data.eval_batch_size
+  if size % n:
+    logging.warning("config.data.eval_batch_size %d does not divide over %d "
+                    "batch shards: using %d", size, n, -(-size // n) * n)
+    config.data.eval_batch_size = -(-size // n) * n
+  return mesh, config
 
 
 def _clean(v: Any) -> Any:
@@ -381,8 +375,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
     raise cli_flags.UsageError(
         f"unexpected arguments: {' '.join(argv[1:])}")
   cli_flags.require(fv, "config", "checkpoint", "dataset")
-  config = fv.config
-  model = runner.load_model(fv.checkpoint, config.model)
+  model = runner.load_model(fv.checkpoint, fv.config.model)
+  mesh, config = eval_mesh(model, fv.config)
   tasks = DATASETS[fv.dataset]
   if fv.task:
     tasks = (canonical_task(fv.task, list(tasks)),)
@@ -400,7 +394,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
       model, config, fv.dataset, tasks, max_examples=fv.max_examples,
       save_dir=(os.path.join(out_dir, "predictions") if fv.save_predictions
                 else None),
-      mesh=cli_mesh(model, config), mssim_mode=fv.mssim_mode,
+      mesh=mesh, batch_axes=tuple(config.sharding.batch_axes),
+      mssim_mode=fv.mssim_mode,
       seg_threshold=fv.seg_threshold, feature_extractor=extractor)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)

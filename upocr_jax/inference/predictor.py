@@ -29,6 +29,7 @@ import os
 import sys
 from typing import Sequence, Union
 
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageOps
@@ -96,13 +97,20 @@ class Predictor:
     overlap: minimum tile overlap in pixels (default image_size // 4).
     seg_threshold: text where the segmentation map's channel mean > this.
     min_region_area: tampered/real components below this many pixels dropped.
+    config: a config whose ``mesh`` and ``sharding`` sections place the model
+      as training does (parameters sharded by the rules, each batch split over
+      the batch axes; ``batch_size`` rounded up to a multiple of their size);
+      None or a config without them: data parallel over all devices.
+    devices: the mesh's devices (default: all).
   """
 
   def __init__(self, model: UPOCR, image_size: int = DEFAULT_IMAGE_SIZE,
                mode: str = "resize", batch_size: int = 8,
                overlap: int | None = None,
                seg_threshold: float = tasks.SEG_THRESHOLD,
-               min_region_area: int = 16):
+               min_region_area: int = 16,
+               config: ml_collections.ConfigDict | None = None,
+               devices: Sequence[jax.Device] | None = None):
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if image_size <= 0 or image_size % 32:
@@ -119,6 +127,7 @@ class Predictor:
     self.image_size, self.mode, self.batch_size = image_size, mode, batch_size
     self.overlap = overlap
     self.seg_threshold, self.min_region_area = seg_threshold, min_region_area
+    self.mesh, self.parallel = runner.place_on_mesh(model, config, devices)
 
   @classmethod
   def from_checkpoint(cls, checkpoint: str, mode: str = "resize",
@@ -141,7 +150,8 @@ class Predictor:
     if image_size is None:
       image_size = (config.data.image_size if config is not None
                     and "data" in config else DEFAULT_IMAGE_SIZE)
-    return cls(model, image_size=image_size, mode=mode, **kwargs)
+    return cls(model, image_size=image_size, mode=mode, config=config,
+               **kwargs)
 
   def task_id(self, task: str) -> int:
     """Index of ``task`` (name or key) in the model's tasks."""
@@ -160,21 +170,23 @@ class Predictor:
           a if a.shape[:2] == (s, s) else
           np.asarray(Image.fromarray(a).resize((s, s), Image.Resampling.BICUBIC))
           for a in arrays])
-      outs = runner.predict_batches(self.model, batch, task_id,
-                                       self.batch_size)
+      outs = self._run(batch, task_id)
       # Bilinear like the official evaluation's upsampling of label maps.
       return [resize_bilinear(o, *a.shape[:2]) for o, a in zip(outs, arrays)]
     grids = [tiling.make_grid(a.shape[0], a.shape[1], s, self.overlap)
              for a in arrays]
     tiles = np.concatenate([tiling.extract_tiles(a, g)
                             for a, g in zip(arrays, grids)])
-    outs = runner.predict_batches(self.model, tiles, task_id,
-                                     self.batch_size)
+    outs = self._run(tiles, task_id)
     maps, k = [], 0
     for g in grids:
       maps.append(tiling.blend_tiles(outs[k:k + g.num_tiles], g))
       k += g.num_tiles
     return maps
+
+  def _run(self, images: np.ndarray, task_id: int) -> np.ndarray:
+    return runner.predict_batches(self.model, images, task_id, self.batch_size,
+                                  self.mesh, self.parallel)
 
   def finish(self, output_map: np.ndarray, task: str):
     """uint8 output (plus regions for tampered text) from a float map."""

@@ -2,6 +2,9 @@
 
 * :func:`resolve_weights_dir`: ``--checkpoint`` accepts a weight directory or a
   training workdir (read through its latest checkpoint).
+* :func:`place_on_mesh`: the mesh of ``config.mesh`` with the model's
+  parameters sharded by ``config.sharding`` as training shards them (data
+  parallel over all devices when the config has none).
 * :func:`forward` / :func:`predict_batches`: the jitted model call returning the
   clamped full-resolution output, and a batched host loop around it with a fixed
   batch shape (one compilation whatever the number of images).
@@ -9,15 +12,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from upocr_jax import sharding
 from upocr_jax.weights import weight_dir
 from upocr_jax.models import UPOCR
 
@@ -59,6 +65,45 @@ def load_model(checkpoint: str,
   return weight_dir.load_weights(resolve_weights_dir(checkpoint), model_config)
 
 
+def parallel_config(config: ml_collections.ConfigDict | None
+                    ) -> ml_collections.ConfigDict:
+  """The ``mesh`` and ``sharding`` sections of ``config``; data parallel over
+  all devices (parameters replicated) when it has none, e.g. a weight
+  directory's saved model config."""
+  par = ml_collections.ConfigDict()
+  if config is not None and "mesh" in config and "sharding" in config:
+    par.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
+    par.sharding = ml_collections.ConfigDict(config.sharding.to_dict())
+  else:
+    par.mesh = {"axes": ("data",), "shape": (-1,)}
+    par.sharding = {"batch_axes": ("data",), "rules": ()}
+  return par
+
+
+def place_on_mesh(model: nnx.Module,
+                  config: ml_collections.ConfigDict | None = None,
+                  devices: Sequence[jax.Device] | None = None
+                  ) -> tuple[Mesh, ml_collections.ConfigDict]:
+  """Puts ``model``'s state on the mesh of ``config`` as training shards it.
+
+  Args:
+    model: the model; its state is replaced in place by sharded arrays.
+    config: a config with ``mesh`` and ``sharding`` sections (see
+      :func:`parallel_config` for one without).
+    devices: the mesh's devices (default: all).
+  Returns:
+    (mesh, the parallel config used: ``mesh`` and ``sharding`` sections).
+  """
+  par = parallel_config(config)
+  mesh = sharding.make_mesh(par, devices)
+  state = nnx.state(model)
+  shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh, par))
+  nnx.replace_by_pure_dict(
+      state, jax.device_put(nnx.to_pure_dict(state), shardings))
+  nnx.update(model, state)
+  return mesh, par
+
+
 @nnx.jit
 def forward(model: UPOCR, images: jax.Array, task_ids: jax.Array) -> jax.Array:
   """Clamped full-resolution output (B, H, W, 3) float32 in [0, 1].
@@ -79,24 +124,38 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def predict_batches(model: UPOCR, images: np.ndarray, task_id: int,
-                    batch_size: int) -> np.ndarray:
+                    batch_size: int, mesh: Mesh | None = None,
+                    parallel: ml_collections.ConfigDict | None = None
+                    ) -> np.ndarray:
   """Runs ``forward`` on (N, H, W, 3) host images in batches of ``batch_size``.
 
   The last batch is padded to the full batch size so every call has the same
-  shape (one compilation). Returns float32 (N, H, W, 3) in [0, 1].
+  shape (one compilation). With ``mesh`` (and ``parallel``, its config, see
+  :func:`place_on_mesh`) each batch is split over the batch axes, its size
+  rounded up to a multiple of their size. Returns float32 (N, H, W, 3) in
+  [0, 1].
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  context, put = contextlib.nullcontext(), lambda x: x
+  if mesh is not None:
+    parallel = parallel_config(parallel)
+    shards = sharding.num_batch_shards(mesh, parallel)
+    batch_size = -(-batch_size // shards) * shards
+    context = sharding.mesh_context(mesh, sharding.activation_rules(parallel))
+    put = lambda x: jax.device_put(  # noqa: E731
+        x, sharding.batch_sharding(mesh, parallel, x.ndim))
   n = len(images)
   outs = []
-  for sl in _chunks(n, batch_size):
-    batch = images[sl]
-    k = len(batch)
-    if k < batch_size:
-      pad = np.zeros((batch_size - k,) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
-    ids = np.full((batch_size,), task_id, np.int32)
-    outs.append(np.asarray(forward(model, batch, ids))[:k])
+  with context:
+    for sl in _chunks(n, batch_size):
+      batch = images[sl]
+      k = len(batch)
+      if k < batch_size:
+        pad = np.zeros((batch_size - k,) + batch.shape[1:], batch.dtype)
+        batch = np.concatenate([batch, pad])
+      ids = np.full((batch_size,), task_id, np.int32)
+      outs.append(np.asarray(forward(model, put(batch), put(ids)))[:k])
   if not outs:
     return np.zeros((0,) + images.shape[1:3] + (3,), np.float32)
   return np.concatenate(outs)

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from upocr_jax.models.layers import (Conv2d, LayerNorm, drop_path_schedule,
-                                     shard_batch)
+from upocr_jax import sharding
+from upocr_jax.models.layers import (HIRES_IMAGE_AXES, HIRES_MAP_AXES,
+                                     MAP_AXES, Conv2d, LayerNorm,
+                                     drop_path_schedule)
 from upocr_jax.models.swinv2 import SwinStage
 
 Array = jax.Array
@@ -32,7 +34,8 @@ class SwinV2Decoder(nnx.Module):
   """Maps the prompted H/32 map back to full resolution.
 
   Stage i runs its blocks at dim D/2^i (D = 8 x encoder embed) and ends with a
-  patch split to D/2^(i+1) at twice the resolution.
+  patch split to D/2^(i+1) at twice the resolution. The maps the heads read
+  (H/4, H/2, H) and everything after them are ``HIRES_MAP_AXES``.
   """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
@@ -40,11 +43,17 @@ class SwinV2Decoder(nnx.Module):
     embed = 8 * cfg.encoder.embed_dim
     n = len(d.depths)
     dpr = drop_path_schedule(d.drop_path_rate, list(d.depths))
+    # Stage i's split output is at H/2^(4-i): high resolution from the first
+    # head's stage on; its blocks from the stage after.
+    first_out = n - NUM_HEADS_OUT
+    axes = lambda hires: HIRES_MAP_AXES if hires else MAP_AXES  # noqa: E731
     self.layers = nnx.List([
         SwinStage(embed // 2**i, d.depths[i], d.num_heads[i], d.window_size,
                   d.pretrained_window_size, dpr[i], cfg.mlp_ratio,
                   cfg.mask_padding, cfg.remat, "split", rngs=rngs, dtype=dtype,
-                  scan=cfg.get("scan_blocks", False))
+                  scan=cfg.get("scan_blocks", False),
+                  act_axes=axes(i > first_out),
+                  out_act_axes=axes(i >= first_out))
         for i in range(n)])
     out_dims = [embed // 2**(i + 1) for i in range(n)]
     self.lateral_connection_list = nnx.List([
@@ -71,14 +80,17 @@ class SwinV2Decoder(nnx.Module):
       _, x = stage(x, k, deterministic)
       if intermediates is not None:
         intermediates[f"dec_layer{i}_up"] = x
+      hires = i >= first_out
       if i < NUM_LATERALS:
         skip = enc_feats[-i - 2]
         for conv in self.lateral_connection_list[i]:
-          # Pinned like the stages' maps (see layers.shard_batch): the
+          # Pinned like the stages' maps (see sharding.constrain): the
           # kernel gradients of these convs were wrong on (2,2,2) meshes.
-          skip = shard_batch(conv(skip))
+          skip = sharding.constrain(
+              conv(skip), HIRES_MAP_AXES if hires else MAP_AXES)
         x = x + skip
-      if i >= first_out:
+      if hires:
         y = self.out_norms[i - first_out](x)
-        outputs.append(shard_batch(heads[i - first_out](y)).astype(jnp.float32))
+        outputs.append(sharding.constrain(
+            heads[i - first_out](y), HIRES_IMAGE_AXES).astype(jnp.float32))
     return tuple(outputs)

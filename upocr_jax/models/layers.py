@@ -10,16 +10,13 @@ Parameters are always float32; ``dtype`` is the compute dtype of the matmul/conv
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
@@ -159,40 +156,11 @@ def drop_path(x: Array, rate: float, key: Array | None, deterministic: bool,
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
-# Mesh axes that the batch dimension of activations is split over; set by
-# ``upocr_jax.sharding.mesh_context`` for the code traced inside it.
-_BATCH_AXES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
-    "upocr_activation_batch_axes", default=())
-
-
-@contextlib.contextmanager
-def batch_axes_context(axes: Sequence[str]) -> Iterator[None]:
-  """Activations traced inside are pinned to ``axes`` on their batch dim."""
-  token = _BATCH_AXES.set(tuple(axes))
-  try:
-    yield
-  finally:
-    _BATCH_AXES.reset(token)
-
-
-def shard_batch(x: Array) -> Array:
-  """Pins dim 0 of an activation to the batch mesh axes, the rest replicated.
-
-  A no-op outside ``batch_axes_context`` or without a mesh. Why pin at all:
-  left to propagate shardings through the whole model, XLA's SPMD partitioner
-  mixed up data shards on meshes with data, fsdp and tensor axes all > 1 (on
-  a (2,2,2) mesh the outputs of batch shards 1 and 2 were swapped). Pinning
-  the stage boundaries to plain data parallelism (activations replicated over
-  the tensor axis between stages, as Megatron-style tensor parallelism has
-  them) avoids that and states the intended layout.
-  """
-  axes = _BATCH_AXES.get()
-  if not axes:
-    return x
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(axes) <= set(mesh.axis_names):
-    return x
-  if x.shape[0] % math.prod(mesh.shape[a] for a in axes):
-    return x
-  spec = P(axes if len(axes) > 1 else axes[0], *([None] * (x.ndim - 1)))
-  return jax.lax.with_sharding_constraint(x, spec)
+# Logical axes of the NHWC maps between stages (see upocr_jax.sharding.constrain;
+# config.sharding.rules maps them). The decoder's high-resolution maps (H/4, H/2,
+# H) name their spatial dims apart, so that a config can shard those alone.
+MAP_AXES = ("act_batch", "act_height", "act_width", "act_embed")
+HIRES_MAP_AXES = ("act_batch", "act_height_hires", "act_width_hires",
+                  "act_embed")
+# The heads' 3-channel outputs: the channel dim stays whole.
+HIRES_IMAGE_AXES = HIRES_MAP_AXES[:3] + (None,)

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from upocr_jax.models.layers import (Dense, LayerNorm, drop_path, param,
-                                     shard_batch, zeros)
+from upocr_jax import sharding
+from upocr_jax.models.layers import (MAP_AXES, Dense, LayerNorm, drop_path,
+                                     param, zeros)
 
 Array = jax.Array
 # float32 log(100), the clamp of the official code (torch.log(tensor(1/0.01))).
@@ -303,7 +304,8 @@ class PatchMerging(nnx.Module):
   """2x2 neighbours (0,0),(1,0),(0,1),(1,1) -> Linear(4C, 2C) -> LayerNorm."""
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-    self.reduction = Dense(4 * dim, 2 * dim, rngs=rngs, axes=("mlp", "embed"),
+    self.reduction = Dense(4 * dim, 2 * dim, rngs=rngs,
+                           axes=("embed", "embed_out"),
                            use_bias=False, dtype=dtype)
     self.norm = LayerNorm(2 * dim, rngs=rngs)
 
@@ -321,7 +323,8 @@ class PatchSplit(nnx.Module):
   """
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-    self.upsample = Dense(dim // 4, dim // 2, rngs=rngs, axes=("embed", "mlp"),
+    self.upsample = Dense(dim // 4, dim // 2, rngs=rngs,
+                          axes=("embed", "embed_out"),
                           use_bias=False, dtype=dtype)
     self.norm = LayerNorm(dim // 2, rngs=rngs)
 
@@ -334,15 +337,23 @@ class PatchSplit(nnx.Module):
 
 
 class SwinStage(nnx.Module):
-  """A stack of blocks (shift on every second one) plus optional resampling."""
+  """A stack of blocks (shift on every second one) plus optional resampling.
+
+  ``act_axes`` / ``out_act_axes``: logical axes of the blocks' map and of the
+  resampled map (``sharding.constrain``; the decoder's high-resolution maps
+  name theirs apart).
+  """
 
   def __init__(self, dim: int, depth: int, num_heads: int, window: int,
                pretrained_window: int, drop_path_rates: list[float],
                mlp_ratio: float, mask_padding: bool, remat: bool,
                resample: str | None, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               scan: bool = False):
+               scan: bool = False,
+               act_axes: tuple[str | None, ...] = MAP_AXES,
+               out_act_axes: tuple[str | None, ...] = MAP_AXES):
     self.remat = remat
     self.scan = scan
+    self.act_axes, self.out_act_axes = act_axes, out_act_axes
     self.blocks = nnx.List([
         SwinBlock(dim, num_heads, window, pretrained_window,
                   0 if i % 2 == 0 else window // 2, drop_path_rates[i],
@@ -356,7 +367,7 @@ class SwinStage(nnx.Module):
   def __call__(self, x: Array, key: Array | None = None,
                deterministic: bool = True) -> tuple[Array, Array]:
     """Returns (blocks output, resampled output)."""
-    x = shard_batch(x)
+    x = sharding.constrain(x, self.act_axes)
     if self.scan and len(self.blocks) >= 2:
       x = self._scanned(x, key, deterministic)
     else:
@@ -365,11 +376,11 @@ class SwinStage(nnx.Module):
         run = nnx.remat(run)
       for i, block in enumerate(self.blocks):
         x = run(block, x, None if key is None else jax.random.fold_in(key, i))
-    x = shard_batch(x)
+    x = sharding.constrain(x, self.act_axes)
     if self.downsample is not None:
-      return x, shard_batch(self.downsample(x))
+      return x, sharding.constrain(self.downsample(x), self.out_act_axes)
     if self.upsample is not None:
-      return x, shard_batch(self.upsample(x))
+      return x, sharding.constrain(self.upsample(x), self.out_act_axes)
     return x, x
 
   def _scanned(self, x: Array, key: Array | None,

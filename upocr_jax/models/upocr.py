@@ -116,12 +116,13 @@ class UPOCR(nnx.Module):
     dtype = DTYPES[cfg.dtype]
     dim = 8 * cfg.encoder.embed_dim
     self.encoder = SwinV2Encoder(cfg, rngs=rngs, dtype=dtype)
-    self.proj = Dense(dim, dim, rngs=rngs, axes=("embed", "mlp"), dtype=dtype)
+    self.proj = Dense(dim, dim, rngs=rngs, axes=("embed", "embed_out"),
+                      dtype=dtype)
     # Kaiming normal (fan_in = dim), as nn.init.kaiming_normal_ on nn.Embedding.
     std = math.sqrt(2.0 / dim)
     self.task_embedding = param(
         rngs, lambda k, s, d: std * jax.random.normal(k, s, d),
-        (len(cfg.tasks), dim), ("tasks", "mlp"))
+        (len(cfg.tasks), dim), ("tasks", "prompt"))
     self.decoder = SwinV2Decoder(cfg, rngs=rngs, dtype=dtype)
 
   @property

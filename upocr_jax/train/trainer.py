@@ -153,6 +153,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   tx = optim.make_optimizer(config.optim, checked.schedule_steps)
   schedule = optim.make_schedule(config.optim, checked.schedule_steps)
   setup = train_step.make_setup(config, mesh, tx)
+  logging.info("parameter shardings (mesh %s):\n%s", dict(mesh.shape),
+               sharding.param_table(setup.abstract_params))
   layout = BatchLayout.from_data_config(config.data, num_shards)
   vgg_graphdef, vgg_params = _load_vgg(config, mesh)
   step_fn = train_step.make_train_step(config, setup, tx, schedule, layout,
@@ -188,7 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   hooks = _Hooks(config, workdir, mesh, setup, is_main)
   try:
     with _Preemption() as preempt, sharding.mesh_context(
-        mesh, config.sharding.batch_axes):
+        mesh, sharding.activation_rules(config)):
       last = _loop(config, step_fn, params, opt_state, vgg_params, data_iter,
                    ckpt, writer, hooks, preempt, mesh, layout, start, key,
                    is_main)
