@@ -205,7 +205,8 @@ def combine(mode: str, official: dict[str, Any], ours: dict[str, Any],
   """The JSON record of one mode from the two sides' reports.
 
   ``speedup`` = official median / ours median (> 1: ours is faster);
-  ``rss_ratio`` = ours peak RSS / official peak RSS (< 1: ours uses less).
+  ``rss_ratio`` = ours peak RSS / official peak RSS (< 1: ours uses less);
+  ``params_match``: both sides built a model of the same parameter count.
   """
   for side, rep in (("official", official), ("ours", ours)):
     missing = [k for k in ("median_s", "max_rss_bytes") if k not in rep]
@@ -217,4 +218,5 @@ def combine(mode: str, official: dict[str, Any], ours: dict[str, Any],
       "speedup": round(official["median_s"] / ours["median_s"], 3),
       "rss_ratio": round(ours["max_rss_bytes"] / official["max_rss_bytes"],
                          3),
+      "params_match": official.get("params") == ours.get("params"),
   }

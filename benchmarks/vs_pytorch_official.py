@@ -31,6 +31,7 @@ import argparse
 import collections
 import collections.abc
 import contextlib
+import importlib
 import os
 import resource
 import sys
@@ -104,6 +105,12 @@ class _VGG16(nn.Module):
     self.features = nn.Sequential(*layers)
 
 
+def _official(name: str) -> types.ModuleType:
+  """A module of the official checkout (importable once ``run`` has put the
+  checkout on sys.path, so not at the top of this file)."""
+  return importlib.import_module(name)
+
+
 def _module(name: str, **attrs) -> types.ModuleType:
   mod = types.ModuleType(name)
   mod.__dict__.update(attrs)
@@ -154,11 +161,12 @@ def install_shims() -> list[str]:
 def _patch_task_prompt() -> None:
   """TaskPrompt.forward with the ids on the embedding's device (the official
   one moves them to 'cuda')."""
-  from models import task_prompt  # pylint: disable=g-import-not-at-top
+  task_prompt = _official("models.task_prompt")
 
   def forward(self, tasks, size):
+    device = self.task_embedding.weight.device
     ids = torch.tensor([self.task_list.index(t) for t in tasks],
-                       dtype=torch.long, device=self.task_embedding.weight.device)
+                       dtype=torch.long, device=device)
     emb = self.task_embedding(ids)[:, :, None, None]
     return emb.expand(-1, -1, size[0], size[1])
 
@@ -182,8 +190,8 @@ class _AsDDP(nn.Module):
 
 def _official_args(config, s: common.Settings, evaluate: bool
                    ) -> argparse.Namespace:
-  from utils.parser import get_args_parser  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(parents=[get_args_parser()])
+  parser = argparse.ArgumentParser(
+      parents=[_official("utils.parser").get_args_parser()])
   args = parser.parse_args(common.official_argv(config, s.size))
   # What main.py's init_distributed_mode and process_args would set.
   args.distributed = False
@@ -226,15 +234,14 @@ def _params(model: nn.Module) -> int:
 
 
 def _train(config, s: common.Settings) -> dict[str, Any]:
-  from engine.train import train_one_epoch  # pylint: disable=g-import-not-at-top
-  from models import build_model  # pylint: disable=g-import-not-at-top
-  from optim import build_criterion, build_optimizer  # pylint: disable=g-import-not-at-top
   args = _official_args(config, s, evaluate=False)
-  model = build_model(args)
-  criterion = build_criterion(args)
-  optimizer = build_optimizer(model, args)
+  model = _official("models").build_model(args)
+  optim = _official("optim")
+  criterion = optim.build_criterion(args)
+  optimizer = optim.build_optimizer(model, args)
   batch = _torch_batch(s, common.task_ids(s.batch_per_task))
   loader = _TimedLoader(batch, s.warmup + s.steps)
+  train_one_epoch = _official("engine.train").train_one_epoch
   # train_one_epoch logs to stdout; stdout carries this process's JSON.
   with contextlib.redirect_stdout(sys.stderr):
     stats = train_one_epoch(_AsDDP(model), criterion, loader, optimizer,
@@ -246,9 +253,8 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
 
 
 def _infer(config, s: common.Settings) -> dict[str, Any]:
-  from models import build_model  # pylint: disable=g-import-not-at-top
   args = _official_args(config, s, evaluate=True)  # no VGG16 is built
-  model = build_model(args)
+  model = _official("models").build_model(args)
   model.eval()
   images, _, tasks = _torch_batch(s, [0])
   times = []

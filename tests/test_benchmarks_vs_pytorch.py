@@ -2,6 +2,7 @@
 stand-ins (when torch is installed) and a tiny end-to-end run (when torch is
 installed and UPOCR_OFFICIAL names an official UPOCR checkout)."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -98,7 +99,8 @@ def test_official_batch_is_the_same_batch_in_the_official_layout():
   tr = labels["text removal"]
   assert tr["label"].shape == (2, 3, 32, 32)
   assert tr["gt_mask"].shape == (2, 1, 32, 32)
-  np.testing.assert_array_equal(tr["gt_mask"][:, 0], batch["text_mask"][:2, ..., 0])
+  np.testing.assert_array_equal(tr["gt_mask"][:, 0],
+                                batch["text_mask"][:2, ..., 0])
   for name, rows in (("tampered text detection", slice(2, 4)),
                      ("text segmentation", slice(4, 6))):
     label = labels[name]["label"]
@@ -118,9 +120,10 @@ def test_summary_and_json_line():
   with pytest.raises(ValueError, match="no timed calls"):
     common.summarize([])
   line = common.combine(
-      "train", {"median_s": 6.0, "max_rss_bytes": 400},
-      {"median_s": 2.0, "max_rss_bytes": 600}, {"image_size": 64})
+      "train", {"median_s": 6.0, "max_rss_bytes": 400, "params": 7},
+      {"median_s": 2.0, "max_rss_bytes": 600, "params": 7}, {"image_size": 64})
   assert line["speedup"] == 3.0 and line["rss_ratio"] == 1.5
+  assert line["params_match"]
   assert line["mode"] == "train" and line["image_size"] == 64
   assert json.loads(json.dumps(line)) == line
   with pytest.raises(ValueError, match="official side's report lacks"):
@@ -160,7 +163,8 @@ def test_help_and_one_line_errors():
 
 def test_official_stand_ins():
   torch = pytest.importorskip("torch", reason="torch is not installed")
-  from benchmarks import vs_pytorch_official as official  # pylint: disable=g-import-not-at-top
+  # Imported here: the module imports torch, which is optional.
+  official = importlib.import_module("benchmarks.vs_pytorch_official")
   vgg = official._VGG16()  # pylint: disable=protected-access
   # torchvision's vgg16().features: 13 conv+ReLU pairs and 5 pools; the
   # official loss's enc_3 ends at features[16], the third pool.
@@ -199,6 +203,7 @@ def test_tiny_end_to_end():
     assert line["image_size"] == 64 and line["threads"] == 1
     # The same model on both sides.
     assert line["official"]["params"] == line["ours"]["params"] > 0
+    assert line["params_match"]
     assert line["speedup"] > 0 and line["rss_ratio"] > 0
     assert line["official"]["threads"] == 1
   train, infer = lines
