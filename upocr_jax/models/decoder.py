@@ -35,7 +35,8 @@ class SwinV2Decoder(nnx.Module):
   patch split to D/2^(i+1) at twice the resolution.
   """
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               residual_dtype=jnp.float32):
     d = cfg.decoder
     embed = 8 * cfg.encoder.embed_dim
     n = len(d.depths)
@@ -44,7 +45,8 @@ class SwinV2Decoder(nnx.Module):
         SwinStage(embed // 2**i, d.depths[i], d.num_heads[i], d.window_size,
                   d.pretrained_window_size, dpr[i], cfg.mlp_ratio,
                   cfg.mask_padding, cfg.remat, "split", rngs=rngs, dtype=dtype,
-                  scan=cfg.get("scan_blocks", False))
+                  scan=cfg.get("scan_blocks", False),
+                  residual_dtype=residual_dtype)
         for i in range(n)])
     out_dims = [embed // 2**(i + 1) for i in range(n)]
     self.lateral_connection_list = nnx.List([
