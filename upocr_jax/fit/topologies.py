@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from jax.experimental import topologies as jax_topologies
 
@@ -88,6 +89,10 @@ def devices(topology: Topology) -> list:
   Raises:
     RuntimeError: libtpu is not installed (``pip install upocr_jax[tpu]``).
   """
+  # libtpu takes /tmp/libtpu_lockfile for the process's lifetime; any other
+  # process that imported jax with libtpu installed (and JAX_PLATFORMS unset)
+  # may hold it. Compile-only devices use no TPU, so sharing is safe.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     # Loads the TPU plugin (libtpu) on first use.
     desc = jax_topologies.get_topology_desc(
