@@ -40,6 +40,8 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3,<4", "scikit-image>=0.24,<0.27"],
         "torch": ["torch>=2.1"],
+        # libtpu: TPU training, and --compile_only --topology=... from any host.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     },
     entry_points={
         "console_scripts": [

@@ -25,9 +25,16 @@ def _model_config(variant: str) -> ml_collections.ConfigDict:
   m.tasks = tasks.TASKS
   m.patch_size = 4
   m.mlp_ratio = 4.0
-  # Compute dtype of matmuls/convs; softmax, norms and the position-bias MLP stay
-  # in float32 whatever this says.
+  # Mixed precision (upocr_jax/models/precision.py). dtype: the compute dtype
+  # of matmuls/convs ("bfloat16" on TPUs / recent GPUs). residual_dtype: the
+  # residual stream between blocks (the carry of scanned stages); float32 as
+  # PyTorch autocast, "bfloat16" halves its activation memory. Parameters and
+  # optimizer state, norms, softmax, the position-bias MLP, the cosine
+  # attention's normalisation and scale, the losses and the VGG Gram matrices
+  # stay float32 whatever these say; evaluation and prediction run in float32
+  # at HIGHEST matmul precision.
   m.dtype = "float32"
+  m.residual_dtype = "float32"
   # Rematerialise every transformer block in the backward pass (saves activations).
   m.remat = False
   # Stages of 2+ blocks run as one lax.scan over their blocks (the shift is

@@ -24,3 +24,9 @@ from absl import flags  # noqa: E402
 # grain worker processes and absl-based code expect parsed flags.
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+
+def pytest_configure(config):
+  # TPU compile-only tests (libtpu, no TPU): `-m "not tpu"` skips them.
+  config.addinivalue_line(
+      "markers", "tpu: compiles for a TPU topology with libtpu (minutes)")

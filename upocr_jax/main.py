@@ -1,14 +1,18 @@
 """upocr-train: train UPOCR (``python -m upocr_jax.main``).
 
 Usage: upocr-train --config=CONFIG --workdir=DIR [--config.FIELD=VALUE ...]
+       upocr-train --config=CONFIG --compile_only [--topology=NAME] [--suggest]
 
 Examples:
   upocr-train --config=tiny --workdir=/tmp/upocr_tiny
   upocr-train --config=paper --workdir=gs://bucket/run \\
       --config.data.text_removal.root=/data/SCUT-ENS --config.mesh.shape="(1,-1,1)"
+  # Compile the train step for a TPU slice from any host with libtpu (no TPU
+  # needed): memory per chip, collectives, FLOPs, a roofline estimate.
+  upocr-train --config=paper --compile_only --topology=v5e:2x2
 
 A run resumes from the checkpoints it finds in --workdir. Only parses flags;
-the work is in ``upocr_jax.train.trainer.run``.
+the work is in ``upocr_jax.train.trainer.run`` and ``upocr_jax.fit.report.run``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Sequence
 from absl import flags
 
 from upocr_jax import cli_flags
+from upocr_jax.fit import report as fit_report
 from upocr_jax.train import trainer
 
 
@@ -29,12 +34,28 @@ def define_flags(fv: flags.FlagValues,
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, "
                       "metrics.jsonl, TensorBoard events, previews; resumed "
                       "from.", flag_values=fv)
+  flags.DEFINE_bool("compile_only", False, "Compile the train step for "
+                    "abstract arguments, report memory per device, "
+                    "collectives, FLOPs and a roofline estimate, and stop "
+                    "(no --workdir needed).", flag_values=fv)
+  flags.DEFINE_string("topology", "", "With --compile_only: a TPU slice to "
+                      "compile for, e.g. v5e:2x2 (needs libtpu, no TPU); "
+                      "empty: the local devices.", flag_values=fv)
+  flags.DEFINE_bool("suggest", False, "With --compile_only: if the step does "
+                    "not fit, try remat, FSDP and a smaller batch and report "
+                    "the first that fits.", flag_values=fv)
 
 
 def main(argv: Sequence[str], fv: flags.FlagValues) -> None:
-  """Trains with the parsed flags ``fv``; ``argv`` holds no positionals."""
+  """Trains (or compiles only) with the parsed flags ``fv``."""
   if len(argv) > 1:
     raise cli_flags.UsageError(f"unexpected arguments: {argv[1:]}")
+  if fv.compile_only:
+    cli_flags.require(fv, "config")
+    fit_report.run(fv.config, fv.topology, fv.suggest)
+    return
+  if fv.topology or fv.suggest:
+    raise cli_flags.UsageError("--topology and --suggest need --compile_only")
   cli_flags.require(fv, "config", "workdir")
   trainer.run(fv.config, fv.workdir)
 

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from upocr_jax import sharding
 from upocr_jax.weights import weight_dir
 from upocr_jax.models import UPOCR
+from upocr_jax.models import precision
 
 WEIGHTS_SUBDIR = "weights"  # A weight directory kept inside a workdir.
 
@@ -105,17 +106,32 @@ def place_on_mesh(model: nnx.Module,
 
 
 @nnx.jit
-def forward(model: UPOCR, images: jax.Array, task_ids: jax.Array) -> jax.Array:
-  """Clamped full-resolution output (B, H, W, 3) float32 in [0, 1].
-
-  ``images`` uint8 (converted here, so only a quarter of the bytes travel to the
-  device) or float in [0, 1]; H, W multiples of 32.
-  """
+def _forward(model: UPOCR, images: jax.Array, task_ids: jax.Array
+             ) -> jax.Array:
   x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
     x = x / 255.0
   # The official evaluation clamps the last (full-resolution) output only.
   return jnp.clip(model(x, task_ids)[-1], 0.0, 1.0)
+
+
+def forward(model: UPOCR, images: jax.Array, task_ids: jax.Array
+            ) -> jax.Array:
+  """Clamped full-resolution output (B, H, W, 3) float32 in [0, 1].
+
+  ``images`` uint8 (converted here, so only a quarter of the bytes travel to the
+  device) or float in [0, 1]; H, W multiples of 32. Runs in full float32
+  whatever the model's training dtypes, at HIGHEST matmul precision, as the
+  official evaluation (TF32 off); see upocr_jax/models/precision.py.
+  """
+  with precision.eval_precision():
+    return _forward(precision.full_precision(model), images, task_ids)
+
+
+def lower_forward(model: UPOCR, images, task_ids):
+  """:func:`forward` lowered for these (possibly abstract) arguments."""
+  with precision.eval_precision():
+    return _forward.lower(precision.full_precision(model), images, task_ids)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

@@ -38,7 +38,8 @@ class SwinV2Decoder(nnx.Module):
   (H/4, H/2, H) and everything after them are ``HIRES_MAP_AXES``.
   """
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               residual_dtype=jnp.float32):
     d = cfg.decoder
     embed = 8 * cfg.encoder.embed_dim
     n = len(d.depths)
@@ -53,7 +54,8 @@ class SwinV2Decoder(nnx.Module):
                   cfg.mask_padding, cfg.remat, "split", rngs=rngs, dtype=dtype,
                   scan=cfg.get("scan_blocks", False),
                   act_axes=axes(i > first_out),
-                  out_act_axes=axes(i >= first_out))
+                  out_act_axes=axes(i >= first_out),
+                  residual_dtype=residual_dtype)
         for i in range(n)])
     out_dims = [embed // 2**(i + 1) for i in range(n)]
     self.lateral_connection_list = nnx.List([

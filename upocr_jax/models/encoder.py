@@ -27,7 +27,8 @@ class PatchEmbed(nnx.Module):
 class SwinV2Encoder(nnx.Module):
   """Returns the maps at H/4, H/8, H/16, H/32 with embed_dim * 2^i channels."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               residual_dtype=jnp.float32):
     """``cfg`` is ``config.model`` (see configs/upocr.py)."""
     e = cfg.encoder
     self.patch_embed = PatchEmbed(cfg.patch_size, e.embed_dim, rngs=rngs,
@@ -39,7 +40,8 @@ class SwinV2Encoder(nnx.Module):
                   e.window_size, e.pretrained_window_size, dpr[i],
                   cfg.mlp_ratio, cfg.mask_padding, cfg.remat,
                   "merge" if i < n - 1 else None, rngs=rngs, dtype=dtype,
-                  scan=cfg.get("scan_blocks", False))
+                  scan=cfg.get("scan_blocks", False),
+                  residual_dtype=residual_dtype)
         for i in range(n)])
     self.norms = nnx.List([LayerNorm(e.embed_dim * 2**i, rngs=rngs)
                            for i in range(n)])

@@ -237,9 +237,12 @@ class SwinBlock(nnx.Module):
   def __init__(self, dim: int, num_heads: int, window: int,
                pretrained_window: int, shift: int, drop_path_rate: float,
                mlp_ratio: float, mask_padding: bool, *, rngs: nnx.Rngs,
-               dtype=jnp.float32):
+               dtype=jnp.float32, residual_dtype=jnp.float32):
     self.window = window
     self.shift = shift
+    # The residual stream's dtype (models/precision.py): also the carry of a
+    # scanned stage, which must keep one dtype.
+    self.residual_dtype = residual_dtype
     self.drop_path_rate = drop_path_rate
     self.mask_padding = mask_padding
     self.attn = WindowAttention(dim, num_heads, window, pretrained_window,
@@ -257,6 +260,7 @@ class SwinBlock(nnx.Module):
     bool: shift by window//2 or not) overrides the static shift: together they
     let one compiled block body serve every block of a scanned stage."""
     rate = self.drop_path_rate
+    x = x.astype(self.residual_dtype)
     b, h, w, c = x.shape
     ws = self.window
     hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
@@ -285,9 +289,12 @@ class SwinBlock(nnx.Module):
     k1 = k2 = None
     if key is not None:
       k1, k2 = jax.random.split(key)
-    x = x + drop_path(self.norm1(y), rate, k1, deterministic, keep_prob)
+    # The branches end in a float32 LayerNorm (and a traced keep probability
+    # is float32): cast back so that the block keeps the residual dtype.
+    x = x + drop_path(self.norm1(y), rate, k1, deterministic,
+                      keep_prob).astype(x.dtype)
     return x + drop_path(self.norm2(self.mlp(x)), rate, k2, deterministic,
-                         keep_prob)
+                         keep_prob).astype(x.dtype)
 
 
 def _select_mask(pred: Array, on: Array | None, off: Array | None
@@ -350,14 +357,16 @@ class SwinStage(nnx.Module):
                resample: str | None, *, rngs: nnx.Rngs, dtype=jnp.float32,
                scan: bool = False,
                act_axes: tuple[str | None, ...] = MAP_AXES,
-               out_act_axes: tuple[str | None, ...] = MAP_AXES):
+               out_act_axes: tuple[str | None, ...] = MAP_AXES,
+               residual_dtype=jnp.float32):
     self.remat = remat
     self.scan = scan
     self.act_axes, self.out_act_axes = act_axes, out_act_axes
     self.blocks = nnx.List([
         SwinBlock(dim, num_heads, window, pretrained_window,
                   0 if i % 2 == 0 else window // 2, drop_path_rates[i],
-                  mlp_ratio, mask_padding, rngs=rngs, dtype=dtype)
+                  mlp_ratio, mask_padding, rngs=rngs, dtype=dtype,
+                  residual_dtype=residual_dtype)
         for i in range(depth)])
     self.downsample = (PatchMerging(dim, rngs=rngs, dtype=dtype)
                        if resample == "merge" else None)
@@ -412,5 +421,7 @@ class SwinStage(nnx.Module):
 
     if self.remat:  # saves only each block's input for the backward pass
       body = jax.checkpoint(body)
+    # The carry enters in the dtype that every block returns.
+    x = x.astype(blocks[0].residual_dtype)
     x, _ = jax.lax.scan(body, x, (states, keeps, idx, shifts))
     return x

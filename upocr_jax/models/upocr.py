@@ -14,10 +14,9 @@ from flax import nnx
 from upocr_jax.models.decoder import SwinV2Decoder
 from upocr_jax.models.encoder import SwinV2Encoder
 from upocr_jax.models.layers import Dense, param
+from upocr_jax.models.precision import DTYPES, Policy
 
 Array = jax.Array
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-          "float16": jnp.float16}
 
 
 class ConfigError(ValueError):
@@ -35,6 +34,9 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     _fail("tasks", f"must be a non-empty list of distinct names, got {cfg.tasks}")
   if cfg.dtype not in DTYPES:
     _fail("dtype", f"{cfg.dtype!r} is not one of {sorted(DTYPES)}")
+  residual = cfg.get("residual_dtype", "float32")
+  if residual not in DTYPES:
+    _fail("residual_dtype", f"{residual!r} is not one of {sorted(DTYPES)}")
   if cfg.patch_size != 4:
     _fail("patch_size", f"UPOCR's H/32 bottleneck needs 4, got {cfg.patch_size}")
   if len(e.depths) != 4:
@@ -113,9 +115,11 @@ class UPOCR(nnx.Module):
     validate_model_config(cfg)
     # Frozen (hashable) so that it is a static part of the graph definition.
     self.config = ml_collections.FrozenConfigDict(cfg)
-    dtype = DTYPES[cfg.dtype]
+    policy = Policy.from_config(cfg)
+    dtype = policy.compute
     dim = 8 * cfg.encoder.embed_dim
-    self.encoder = SwinV2Encoder(cfg, rngs=rngs, dtype=dtype)
+    self.encoder = SwinV2Encoder(cfg, rngs=rngs, dtype=dtype,
+                                 residual_dtype=policy.residual)
     self.proj = Dense(dim, dim, rngs=rngs, axes=("embed", "embed_out"),
                       dtype=dtype)
     # Kaiming normal (fan_in = dim), as nn.init.kaiming_normal_ on nn.Embedding.
@@ -123,7 +127,8 @@ class UPOCR(nnx.Module):
     self.task_embedding = param(
         rngs, lambda k, s, d: std * jax.random.normal(k, s, d),
         (len(cfg.tasks), dim), ("tasks", "prompt"))
-    self.decoder = SwinV2Decoder(cfg, rngs=rngs, dtype=dtype)
+    self.decoder = SwinV2Decoder(cfg, rngs=rngs, dtype=dtype,
+                                 residual_dtype=policy.residual)
 
   @property
   def tasks(self) -> list[str]:

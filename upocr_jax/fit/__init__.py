@@ -1,0 +1,1 @@
+"""Will a train step fit a target (TPU) topology: compile-only reports."""

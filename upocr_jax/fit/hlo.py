@@ -1,0 +1,278 @@
+"""Collectives and loop-corrected costs from optimized HLO text.
+
+The text is ``compiled.as_text()`` of an SPMD-partitioned program (shapes are
+per device). The call graph (while bodies with their known trip counts,
+fusions, calls, conditionals) says how often each computation runs per step.
+
+XLA's ``cost_analysis`` counts the body of a while loop once, whatever its
+trip count; scanned stages are while loops. :func:`loop_correction` counts
+what the other iterations add: the FLOPs of every dot and convolution in a
+loop body (elementwise work is left out: it is small next to the matmuls)
+and the bytes of every top-level instruction of the body (operands plus
+result, as XLA's bytes-accessed does; the instructions inside fusions are
+not memory traffic of their own). A scan reads one slice of its stacked
+inputs (a dynamic-slice in a fusion) and writes one slice of its stacked
+outputs (an in-place dynamic-update-slice): those count the slice, not the
+stacked array. Both are estimates.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+               "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2,
+                "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
+                "f8e4m3fn": 1, "f8e5m2": 1}
+_HEADER_RE = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(")
+_DEF_RE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_SHAPE_RE = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_CALLS_RE = re.compile(
+    r"\b(body|condition|to_apply|calls|branch_computations|"
+    r"true_computation|false_computation)=(\{[^}]*\}|%?[\w.\-]+)")
+_TRIP_RE = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
+# Instructions that move no data of their own.
+_FREE_OPS = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast",
+             "after-all", "partition-id", "replica-id")
+
+
+@dataclasses.dataclass
+class _Instr:
+  name: str
+  op: str
+  result: str          # the result type text
+  operands: list[str]  # operand names
+  attrs: str
+  raw_operands: str = ""  # e.g. the index of a parameter
+
+
+@dataclasses.dataclass
+class Program:
+  """Parsed HLO: instructions per computation and runs per step."""
+  comps: dict[str, list[_Instr]]
+  types: dict[str, str]
+  times: dict[str, int]       # runs per step, loops at their trip counts
+  once: dict[str, int]        # runs as cost_analysis counts (loops once)
+  fused: set[str]             # computations that are fusion bodies
+
+
+def _shape_bytes(text: str) -> list[int]:
+  """Bytes of each array in an HLO type, e.g. (f32[2,3]{1,0}, s32[])."""
+  return [_DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
+          for dt, dims in _SHAPE_RE.findall(text) if dt in _DTYPE_BYTES]
+
+
+def _dims(text: str) -> list[int]:
+  m = _SHAPE_RE.search(text)
+  return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+def _split_type(rhs: str) -> tuple[str, str]:
+  """'(f32[2], s32[]) op(args), attrs' -> ('(f32[2], s32[])', 'op(...')."""
+  if rhs.startswith("("):
+    depth = 0
+    for i, ch in enumerate(rhs):
+      depth += (ch == "(") - (ch == ")")
+      if depth == 0:
+        return rhs[:i + 1], rhs[i + 1:].lstrip()
+  head, _, tail = rhs.partition(" ")
+  return head, tail
+
+
+def _split_operands(rest: str) -> tuple[str, str]:
+  """'operands), attrs' -> (operands, attrs), honouring nested parens."""
+  depth = 1
+  for i, ch in enumerate(rest):
+    depth += (ch == "(") - (ch == ")")
+    if depth == 0:
+      return rest[:i], rest[i + 1:]
+  return rest, ""
+
+
+def parse(hlo_text: str) -> Program:
+  """Parses optimized HLO text into a :class:`Program`."""
+  types: dict[str, str] = {}
+  comps: dict[str, list[_Instr]] = {}
+  edges: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+  fused: set[str] = set()
+  entry = current = None
+  for line in hlo_text.splitlines():
+    if line and not line[0].isspace():
+      m = _HEADER_RE.match(line)
+      if m and line.rstrip().endswith("{"):
+        current = m.group(2)
+        comps[current] = []
+        entry = current if m.group(1) else entry
+      continue
+    m = _DEF_RE.match(line) if current is not None else None
+    if not m:
+      continue
+    name, rhs = m.groups()
+    result, rest = _split_type(rhs)
+    types[name] = result
+    op, paren, rest = rest.partition("(")
+    if not paren:
+      continue
+    operands, attrs = _split_operands(rest)
+    trip = _TRIP_RE.search(attrs)
+    for kind, names in _CALLS_RE.findall(attrs):
+      for callee in names.strip("{}").split(","):
+        callee = callee.strip().lstrip("%")
+        mult = int(trip.group(1)) if kind == "body" and trip else 1
+        edges[current].append((callee, mult))
+        if op == "fusion" and kind == "calls":
+          fused.add(callee)
+    comps[current].append(_Instr(name, op, result,
+                                 re.findall(r"%([\w.\-]+)", operands),
+                                 attrs, operands))
+  times: dict[str, int] = collections.defaultdict(int)
+  once: dict[str, int] = collections.defaultdict(int)
+
+  def visit(comp: str, n: int, n_once: int) -> None:
+    times[comp] += n
+    once[comp] += n_once
+    for callee, mult in edges.get(comp, ()):
+      visit(callee, n * mult, n_once)
+
+  if entry is not None:
+    visit(entry, 1, 1)
+  return Program(comps, types, dict(times), dict(once), fused)
+
+
+def _group_size(attrs: str, num_devices: int) -> int:
+  """Devices per replica group of a collective, from its attributes."""
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", attrs)
+  if m:
+    sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)",
+                                              m.group(1))}
+    return math.prod(sizes[k] for k in re.findall(r"'([^']+)'", m.group(2)))
+  m = re.search(r"replica_groups=\[([0-9,]+)\]<=", attrs)  # iota form
+  if m:
+    return int(m.group(1).split(",")[-1])
+  m = re.search(r"replica_groups=\{\{([0-9,]*)\}", attrs)
+  if m and m.group(1):
+    return len(m.group(1).split(","))
+  return num_devices  # {} means all devices
+
+
+def collectives(program: Program, num_devices: int) -> dict[str, dict]:
+  """Collectives per step: ``{kind: {count, arrays, bytes, wire_bytes}}``.
+
+  ``count``: ops run per step (an op in a loop body once per iteration);
+  ``arrays``: tensors in them (XLA combines small collectives into one op
+  on a tuple); ``bytes``: per device, the larger of operand and result;
+  ``wire_bytes``: what one device sends with ring algorithms in a group of
+  n: all-reduce 2(n-1)/n, all-gather / reduce-scatter / all-to-all (n-1)/n
+  of it, collective-permute all of it.
+  """
+  out = {k: {"count": 0, "arrays": 0, "bytes": 0, "wire_bytes": 0}
+         for k in COLLECTIVES}
+  for comp, instrs in program.comps.items():
+    n_run = program.times.get(comp, 0)
+    for ins in instrs:
+      kind = ins.op[:-len("-start")] if ins.op.endswith("-start") else ins.op
+      if kind not in COLLECTIVES or not n_run:
+        continue
+      sizes_in = [b for o in ins.operands
+                  for b in _shape_bytes(program.types.get(o, ""))]
+      # Async *-start ops return (operands..., results..., [contexts]).
+      sizes_out = (_shape_bytes(ins.result)[-len(sizes_in):] if sizes_in
+                   else _shape_bytes(ins.result))
+      size = (sum(max(i, o) for i, o in zip(sizes_in, sizes_out))
+              if sizes_in and len(sizes_in) == len(sizes_out)
+              else max(sum(sizes_in), sum(sizes_out)))
+      g = _group_size(ins.attrs, num_devices)
+      frac = (1.0 if kind == "collective-permute" else
+              2 * (g - 1) / g if kind == "all-reduce" else (g - 1) / g)
+      out[kind]["count"] += n_run
+      out[kind]["arrays"] += n_run * max(len(sizes_in), 1)
+      out[kind]["bytes"] += n_run * size
+      out[kind]["wire_bytes"] += int(n_run * size * frac)
+  return out
+
+
+def _dot_flops(ins: _Instr, types: dict[str, str]) -> float:
+  """2 x output elements x contracted size of a dot or convolution."""
+  out = math.prod(_dims(ins.result))
+  if ins.op == "dot":
+    m = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", ins.attrs)
+    lhs = _dims(types.get(ins.operands[0], "")) if ins.operands else []
+    idx = [int(i) for i in m.group(1).split(",") if i] if m else []
+    return 2.0 * out * math.prod(lhs[i] for i in idx if i < len(lhs))
+  # convolution: per output element, the kernel's size over its output
+  # feature dimension (the 'o' of dim_labels=..._01io->...).
+  kernel = _dims(types.get(ins.operands[1], "")) if len(
+      ins.operands) > 1 else []
+  m = re.search(r"dim_labels=[^_]*_([0-9a-z]+)->", ins.attrs)
+  if not kernel or not m or "o" not in m.group(1):
+    return 0.0
+  return 2.0 * out * math.prod(kernel) / kernel[m.group(1).index("o")]
+
+
+def _fusion_bytes(program: Program, ins: _Instr) -> float:
+  """Bytes a fusion reads and writes: sliced operands count their slices,
+  an in-place dynamic-update-slice root its update."""
+  body = program.comps.get(ins.attrs and next(
+      (c for c in re.findall(r"calls=%?([\w.\-]+)", ins.attrs)), ""), [])
+  params = {i.name: int(i.raw_operands or 0) for i in body
+            if i.op == "parameter"}
+  users: dict[str, list[_Instr]] = collections.defaultdict(list)
+  for i in body:
+    for o in i.operands:
+      users[o].append(i)
+  read = [float(sum(_shape_bytes(program.types.get(o, ""))))
+          for o in ins.operands]
+  written = float(sum(_shape_bytes(ins.result)))
+  for pname, idx in params.items():
+    us = users.get(pname, [])
+    if idx < len(read) and us and all(
+        u.op == "dynamic-slice" and u.operands[0] == pname for u in us):
+      read[idx] = float(sum(sum(_shape_bytes(u.result)) for u in us))
+  root = body[-1] if body else None
+  if root is not None and root.op == "dynamic-update-slice":
+    upd = float(sum(_shape_bytes(program.types.get(root.operands[1], ""))))
+    buf = root.operands[0]
+    if buf in params and params[buf] < len(read):
+      read[params[buf]] = 0.0  # updated in place
+    written = upd
+  return sum(read) + written
+
+
+def loop_correction(program: Program) -> dict[str, float]:
+  """What ``cost_analysis`` leaves out of loops: ``{flops, bytes}``.
+
+  For every computation that runs more often per step than XLA's cost
+  analysis counts it (loop bodies and what they call), the extra runs times
+  its dot/convolution FLOPs and, outside fusion bodies, the bytes of its
+  instructions. See the module docstring.
+  """
+  flops = nbytes = 0.0
+  for comp, instrs in program.comps.items():
+    extra = program.times.get(comp, 0) - program.once.get(comp, 0)
+    if extra <= 0:
+      continue
+    for ins in instrs:
+      if ins.op in ("dot", "convolution"):
+        flops += extra * _dot_flops(ins, program.types)
+      if comp in program.fused or ins.op in _FREE_OPS or ins.op in (
+          "while", "call", "conditional"):
+        continue
+      if ins.op == "fusion":
+        nbytes += extra * _fusion_bytes(program, ins)
+      else:
+        nbytes += extra * (sum(sum(_shape_bytes(program.types.get(o, "")))
+                               for o in ins.operands)
+                           + sum(_shape_bytes(ins.result)))
+  return {"flops": flops, "bytes": nbytes}
+
+
+def loops(program: Program) -> list[tuple[str, int]]:
+  """(body computation, runs per step) of every loop body that runs more
+  than once per step."""
+  return sorted((c, n) for c, n in program.times.items()
+                if n > program.once.get(c, 0))
