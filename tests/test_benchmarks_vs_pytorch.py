@@ -197,8 +197,8 @@ def test_tiny_end_to_end():
                 "--size", "64", "--steps", "1", "--warmup", "0",
                 "--threads", "1", timeout=1800)
   assert out.returncode == 0, out.stderr[-3000:]
-  lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-  assert [l["mode"] for l in lines] == ["train", "infer"]
+  lines = [json.loads(s) for s in out.stdout.splitlines() if s.startswith("{")]
+  assert [line["mode"] for line in lines] == ["train", "infer"]
   for line in lines:
     assert line["image_size"] == 64 and line["threads"] == 1
     # The same model on both sides.

@@ -45,7 +45,7 @@ def test_two_processes_match_one_eight_device_process_and_resume(tmp_path):
   assert "on 8 devices (2 processes)" in logs[0]
   # Saved collectively, then restored by both processes.
   logs = _two_processes(multi, steps=4)
-  assert all("resuming from step 3" in l for l in logs)
+  assert all("resuming from step 3" in log for log in logs)
   got = th.rows(multi)
   assert [r["step"] for r in got] == [1, 2, 3, 4]
   for a, b in zip(ref, got):
