@@ -38,7 +38,8 @@ setup(
         "font-fredoka-one>=0.0.4,<0.1",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3,<4", "scikit-image>=0.24,<0.27"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3,<4", "scikit-image>=0.24,<0.27",
+                 "ruff>=0.17,<0.18"],
         "torch": ["torch>=2.1"],
         # libtpu: TPU training, and --compile_only --topology=... from any host.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
