@@ -2,13 +2,16 @@
 
 Usage: upocr-predict --checkpoint=DIR --task=TASK --output_dir=OUT INPUT...
     [--mode=resize|tiled] [--batch_size=8] [--image_size=512] [--overlap=N]
-    [--config=CONFIG]
+    [--config=CONFIG] [--boxes="x1,y1,x2,y2;..." | --region_mask=MASK]
+    [--feather=3]
 
 Examples:
   upocr-predict --checkpoint=/tmp/upocr_tiny --task="text removal" \\
       --output_dir=out photo.jpg scans/
   upocr-predict --checkpoint=weights/upocr_paper --task=text_segmentation \\
       --mode=tiled --output_dir=out page.png
+  upocr-predict --checkpoint=weights/upocr_paper --task="text removal" \\
+      --boxes="10,20,200,80;0,400,640,480" --output_dir=out poster.jpg
 
 INPUTs are image files or folders (searched recursively for every extension PIL
 reads; sub-folders are mirrored under OUT). Written per input NAME:
@@ -17,6 +20,14 @@ reads; sub-folders are mirrored under OUT). Written per input NAME:
 * text segmentation: ``NAME_mask.png`` (white text) and ``NAME_overlay.png``;
 * tampered text detection: ``NAME_tamper.png`` (R background, G real, B
   tampered), ``NAME_overlay.png`` and ``NAME_regions.json``.
+
+Only in a region (--boxes or --region_mask): text removal keeps every pixel
+outside it exactly as in the input (blended over --feather pixels inside its
+border); segmentation and tampered detection find nothing outside it. --boxes
+(or its .json file of [x1, y1, x2, y2] lists) applies to every input;
+--region_mask is one mask image for every input, or a folder holding a mask per
+input at the input's output name (``MASKS/sub/NAME.png`` for ``NAME`` in
+``sub/``; any image extension).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from tqdm import tqdm
 
 from upocr_jax import cli_flags, tasks
 from upocr_jax.inference import postprocess
+from upocr_jax.inference import regions
 from upocr_jax.inference import runner
 from upocr_jax.inference.predictor import MODES, Predictor, load_image
 from upocr_jax.weights import weight_dir
@@ -63,6 +75,16 @@ def define_flags(fv: flags.FlagValues,
                      flag_values=fv)
   flags.DEFINE_integer("min_region_area", 16, "Smallest tampered/real region "
                        "reported, in pixels.", flag_values=fv)
+  flags.DEFINE_string("boxes", None, "Only in these boxes: 'x1,y1,x2,y2;...' "
+                      "in pixels of the input (x2, y2 exclusive) or a .json "
+                      "file with a list of [x1, y1, x2, y2].", flag_values=fv)
+  flags.DEFINE_string("region_mask", None, "Only where this mask image is "
+                      "non-zero (the input's size), or a folder of masks "
+                      "named like the outputs (NAME.png for input NAME).",
+                      flag_values=fv)
+  flags.DEFINE_integer("feather", regions.DEFAULT_FEATHER, "Text removal in a "
+                       "region: pixels of blend just inside its border (0: "
+                       "hard edge).", flag_values=fv)
   cli_flags.DEFINE_config(fv, argv, help_string="Optional config; the "
                           "checkpoint must match its model")
 
@@ -107,6 +129,59 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
   return found
 
 
+def find_region_masks(mask_dir: str, stems: Sequence[str]) -> list[str]:
+  """The mask image of each output stem in ``mask_dir`` (``STEM.<ext>``).
+
+  Raises:
+    FileNotFoundError / ValueError: naming --region_mask and the stem that has
+      no mask, or several.
+  """
+  exts = _image_extensions()
+  masks = []
+  for stem in stems:
+    folder = os.path.join(mask_dir, os.path.dirname(stem))
+    name = os.path.basename(stem)
+    found = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder)
+                               else [])
+                   if os.path.splitext(f)[0] == name
+                   and os.path.splitext(f)[1].lower() in exts)
+    if not found:
+      raise FileNotFoundError(f"--region_mask: no mask for {stem!r} in "
+                              f"{mask_dir} (expected {stem}.png or another "
+                              "image extension)")
+    if len(found) > 1:
+      raise ValueError(f"--region_mask: several masks for {stem!r} in "
+                       f"{folder}: {', '.join(found)}")
+    masks.append(os.path.join(folder, found[0]))
+  return masks
+
+
+def region_specs(fv: flags.FlagValues, inputs: Sequence[tuple[str, str]]
+                 ) -> tuple[str | None, list]:
+  """(flag name, region per input) from --boxes / --region_mask.
+
+  Everything that does not need the images is checked here, before the model
+  is loaded: the flags' combination, the boxes' syntax, the masks' presence.
+  """
+  if fv.feather < 0:
+    raise cli_flags.UsageError(f"--feather must be >= 0, got {fv.feather}")
+  if fv.boxes is not None and fv.region_mask is not None:
+    raise cli_flags.UsageError("give --boxes or --region_mask, not both")
+  if fv.boxes is not None:
+    boxes = regions.parse_boxes(fv.boxes, "--boxes")
+    return "--boxes", [boxes] * len(inputs)
+  if fv.region_mask is None:
+    return None, [None] * len(inputs)
+  if os.path.isdir(fv.region_mask):
+    return "--region_mask", find_region_masks(fv.region_mask,
+                                              [s for _, s in inputs])
+  if not os.path.isfile(fv.region_mask):
+    raise FileNotFoundError(f"--region_mask: {fv.region_mask}: no such file "
+                            "or folder")
+  return "--region_mask", [regions.load_mask(fv.region_mask,
+                                             "--region_mask")] * len(inputs)
+
+
 def _save_png(path: str, image: np.ndarray) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   Image.fromarray(image).save(path)
@@ -114,22 +189,28 @@ def _save_png(path: str, image: np.ndarray) -> None:
 
 def write_outputs(out_dir: str, stem: str, image: np.ndarray,
                   output_map: np.ndarray, task: str,
-                  predictor: Predictor) -> list[str]:
-  """Writes the files of one input (see the module docstring); their paths."""
+                  predictor: Predictor,
+                  weights: np.ndarray | None = None) -> list[str]:
+  """Writes the files of one input (see the module docstring); their paths.
+
+  ``weights``: the region's weight map (regions.region_weights) or None.
+  """
   base = os.path.join(out_dir, stem)
-  result = predictor.finish(output_map, task)
+  # Restricted once here, so the overlays and masks below see it too.
+  output_map = regions.restrict_map(output_map, weights, task)
+  result = predictor.finish(output_map, task, image, weights)
   if task == tasks.TASKS[tasks.TAMPERED]:
-    tamper_map, regions = result
+    tamper_map, found = result
     classes = postprocess.tamper_classes(output_map)
     files = {base + "_tamper.png": tamper_map,
              base + "_overlay.png": postprocess.tamper_overlay(image, classes,
-                                                               regions)}
+                                                               found)}
     for p, im in files.items():
       _save_png(p, im)
     with open(base + "_regions.json", "w") as f:
       json.dump({"image_size": [image.shape[1], image.shape[0]],
                  "box_format": "x_min, y_min, x_max, y_max (inclusive)",
-                 "regions": regions}, f, indent=1)
+                 "regions": found}, f, indent=1)
     return list(files) + [base + "_regions.json"]
   if task == tasks.TASKS[tasks.SEGMENTATION]:
     mask = postprocess.text_mask(output_map, predictor.seg_threshold)
@@ -156,6 +237,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
       runner.resolve_weights_dir(fv.checkpoint))
   task = tasks.canonical_task(fv.task, list(saved.tasks))
   inputs = collect_inputs(list(argv[1:]))
+  region_flag, region_list = region_specs(fv, inputs)
   predictor = Predictor.from_checkpoint(
       fv.checkpoint, mode=fv.mode, image_size=fv.image_size, config=fv.config,
       batch_size=fv.batch_size, overlap=fv.overlap,
@@ -168,9 +250,15 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
     for i in range(0, len(inputs), step):
       chunk = inputs[i:i + step]
       images = [load_image(p) for p, _ in chunk]
+      # Checked against the images' sizes before the model runs on them.
+      weights = [regions.region_weights(r, *im.shape[:2], feather=fv.feather,
+                                        name=f"{region_flag} on {p}")
+                 for (p, _), im, r in zip(chunk, images,
+                                          region_list[i:i + step])]
       maps = predictor.predict_maps(images, task)
-      for (_, stem), image, m in zip(chunk, images, maps):
-        written += write_outputs(fv.output_dir, stem, image, m, task, predictor)
+      for (_, stem), image, m, w in zip(chunk, images, maps, weights):
+        written += write_outputs(fv.output_dir, stem, image, m, task, predictor,
+                                 w)
       bar.update(len(chunk))
   print(f"wrote {len(written)} files for {len(inputs)} images to "
         f"{fv.output_dir}")

@@ -7,11 +7,13 @@ Python::
   clean = predictor(image, "text removal")           # uint8 HxWx3, input size
   seg = predictor(image, "text segmentation")        # uint8 HxWx3 text map
   tmap, regions = predictor(image, "tampered text detection")
+  logo_gone = predictor(image, "text removal", region=[[10, 10, 200, 80]])
 
 Command line::
 
   upocr-predict --checkpoint=DIR --task="text removal" photo.jpg scans/ \
       --output_dir=out [--mode=resize|tiled] [--batch_size=8]
+      [--boxes="x1,y1,x2,y2;..." | --region_mask=MASK] [--feather=3]
 
 (``python -m upocr_jax.inference.cli``; ``upocr-predict --help`` lists the flags.)
 
@@ -21,6 +23,10 @@ Two modes: ``resize`` (the paper's way) resizes every image to the model size
 with smooth weights (see tiling.py): better for documents and large photos, whose
 text the resize blurs away. Outputs are quantised as the official evaluation
 saved them (``(x * 255).astype(uint8)`` after clamping).
+
+A ``region`` (boxes or a mask, see regions.py) restricts a task to part of the
+image: text outside it is kept pixel-identical, segmentation and tampered
+detection report nothing outside it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from upocr_jax import tasks
+from upocr_jax.inference import regions
 from upocr_jax.inference import runner
 from upocr_jax.inference import tiling
 from upocr_jax.inference.image_ops import resize_bilinear, to_uint8_like_official
@@ -188,31 +195,70 @@ class Predictor:
     return runner.predict_batches(self.model, images, task_id, self.batch_size,
                                   self.mesh, self.parallel)
 
-  def finish(self, output_map: np.ndarray, task: str):
-    """uint8 output (plus regions for tampered text) from a float map."""
+  def finish(self, output_map: np.ndarray, task: str,
+             image: np.ndarray | None = None,
+             weights: np.ndarray | None = None):
+    """uint8 output (plus regions for tampered text) from a float map.
+
+    Args:
+      output_map: float HxWx3 model output at the input's size.
+      task: the task name.
+      image: the uint8 HxWx3 input; needed for text removal with ``weights``.
+      weights: a region's weight map (regions.region_weights), or None for the
+        whole image.
+    """
+    task = tasks.canonical_task(task, self.tasks)
+    output_map = regions.restrict_map(output_map, weights, task)
     out = to_uint8_like_official(output_map)
-    if (tasks.canonical_task(task, self.tasks)
-        == tasks.TASKS[tasks.TAMPERED]):
+    if task == tasks.TASKS[tasks.TAMPERED]:
       return out, tamper_regions(output_map, self.min_region_area)
+    if weights is not None and task == tasks.TASKS[tasks.TEXT_REMOVAL]:
+      if image is None:
+        raise ValueError("text removal in a region needs the input image")
+      out = regions.blend_removal(out, image, weights)
     return out
 
-  def predict_batch(self, images: Sequence[ImageLike], task: str) -> list:
-    """``__call__`` on several images at once (batched model calls)."""
-    return [self.finish(m, task) for m in self.predict_maps(images, task)]
+  def predict_batch(self, images: Sequence[ImageLike], task: str,
+                    region_list: Sequence[regions.Region] | None = None,
+                    feather: int = regions.DEFAULT_FEATHER) -> list:
+    """``__call__`` on several images at once (batched model calls).
 
-  def __call__(self, image: ImageLike, task: str):
-    """Runs ``task`` on one image.
+    ``region_list``: None, or one region per image (each may be None).
+    """
+    arrays = [to_rgb_uint8(im) for im in images]
+    if region_list is None:
+      region_list = [None] * len(arrays)
+    if len(region_list) != len(arrays):
+      raise ValueError(f"region_list has {len(region_list)} entries for "
+                       f"{len(arrays)} images")
+    # Regions are checked before the model runs: a bad box fails fast.
+    weights = [regions.region_weights(r, *a.shape[:2], feather=feather)
+               for r, a in zip(region_list, arrays)]
+    return [self.finish(m, task, a, w) for m, a, w in
+            zip(self.predict_maps(arrays, task), arrays, weights)]
+
+  def __call__(self, image: ImageLike, task: str,
+               region: regions.Region = None,
+               feather: int = regions.DEFAULT_FEATHER):
+    """Runs ``task`` on one image, optionally only in a region of it.
 
     Args:
       image: a path, PIL image or array (see :func:`to_rgb_uint8`).
       task: 'text removal', 'text segmentation' or 'tampered text detection'
         (or with underscores).
+      region: where the task applies (see regions.py): a list of boxes
+        ``[x1, y1, x2, y2]`` (pixels, x2/y2 exclusive), a mask (HxW array, PIL
+        image or image file; non-zero = region) or None (whole image). Outside
+        it the removal output is the input, exactly; the segmentation map is
+        zero; the tampered map is background and no region is reported.
+      feather: text removal blends prediction and input over this many pixels
+        just inside the region's border (0: hard edge).
     Returns:
       uint8 HxWx3 at the input's size: the text-free image, or the text map
       (white text), or for tampered text a tuple (map: R background, G real,
       B tampered; list of regions, see postprocess.tamper_regions).
     """
-    return self.predict_batch([image], task)[0]
+    return self.predict_batch([image], task, [region], feather)[0]
 
 
 if __name__ == "__main__":
