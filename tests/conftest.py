@@ -9,9 +9,8 @@ import os
 import sys
 
 # The suite's time is mostly XLA compiling tiny programs: LLVM optimisation
-# level 0 compiles the tiny train step in 10 s instead of 14 s; the compiled
-# step runs about 2x slower, which tests of a few steps barely notice (whole
-# suite: 6 min 41 s instead of 9 min 49 s).
+# level 0 compiles faster and the slower compiled code costs tests of a few
+# steps little (measured in docs/results.md, "The test suite").
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

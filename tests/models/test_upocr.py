@@ -51,7 +51,7 @@ def _tiny_model() -> UPOCR:
 
 @pytest.fixture
 def tiny_model():
-  # Built once per worker: as a module fixture it was rebuilt (~20 s) when
+  # Built once per worker: as a module fixture it was rebuilt when
   # xdist interleaved this module's tests with test_exactness.py's. No test
   # changes it.
   return _tiny_model()
