@@ -150,6 +150,24 @@ def test_bad_inputs(model, workdir, tmp_path):
     evaluate.main(argv)
 
 
+def test_unwritable_output_found_before_loading(tmp_path, monkeypatch):
+  monkeypatch.setattr(evaluate.runner, "load_model", lambda *a, **k:
+                      pytest.fail("the model was loaded before the check"))
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  (ckpt / "eval").write_text("a file where the default output folder goes")
+  argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--dataset",
+          "synthetic", "--checkpoint", str(ckpt)]
+  # The default CHECKPOINT/eval/DATASET lies under a regular file: this
+  # stands in for a read-only checkpoint folder (chmod does not stop root).
+  with pytest.raises(ValueError, match=r"eval/synthetic: cannot write there "
+                     r"\(Not a directory\); the default is CHECKPOINT"):
+    evaluate.main(argv)
+  with pytest.raises(ValueError, match=r"eval exists and is not a folder; "
+                     "choose another --output_dir"):
+    evaluate.main(argv + ["--output_dir", str(ckpt / "eval")])
+
+
 def test_merge_over_processes(monkeypatch):
   # Two processes that saw the same examples: every count doubles, the
   # averages stay (multi-host cannot run here; the gather is simulated).

@@ -41,6 +41,7 @@ from PIL import Image
 
 from input_pipeline import pipeline
 from upocr_jax import cli_flags
+from upocr_jax import output_checks
 from upocr_jax import sharding
 from upocr_jax.evaluation import fid
 from upocr_jax.evaluation import metrics as metrics_lib
@@ -375,12 +376,18 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
     raise cli_flags.UsageError(
         f"unexpected arguments: {' '.join(argv[1:])}")
   cli_flags.require(fv, "config", "checkpoint", "dataset")
+  out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
+  if jax.process_index() == 0:
+    # Before any compute: a read-only checkpoint folder (the default place)
+    # would otherwise fail after the whole evaluation.
+    output_checks.check_writable_dir(
+        out_dir, "choose another --output_dir" if fv.output_dir else
+        "the default is CHECKPOINT/eval/DATASET; pass --output_dir")
   model = runner.load_model(fv.checkpoint, fv.config.model)
   mesh, config = eval_mesh(model, fv.config)
   tasks = DATASETS[fv.dataset]
   if fv.task:
     tasks = (canonical_task(fv.task, list(tasks)),)
-  out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
   extractor = None
   if fv.inception_weights:
     if TASKS[TEXT_REMOVAL] in tasks:
