@@ -12,6 +12,8 @@ from flax import nnx
 from PIL import Image
 
 from input_pipeline import pipeline
+from input_pipeline import synthetic
+from input_pipeline import write_synthetic
 from tests import inference_helpers as helpers
 from upocr_jax.evaluation import evaluate
 from upocr_jax.evaluation import metrics
@@ -148,6 +150,29 @@ def test_bad_inputs(model, workdir, tmp_path):
     evaluate.main(argv + ["--checkpoint", str(tmp_path)])
   with pytest.raises(ValueError, match="--checkpoint is required"):
     evaluate.main(argv)
+
+
+def test_skip_bad_examples_counts_and_names_never_replaces(workdir, tmp_path,
+                                                          capsys):
+  roots = write_synthetic.write_dataset(
+      str(tmp_path / "data"), num_train=1, num_test=5, seed=2,
+      params=synthetic.SynthParams(min_size=32, max_size=48, max_words=2))
+  root = roots["tampered_text_detection"]
+  with open(os.path.join(root, "test_gt", "syn_00001.txt"), "a") as f:
+    f.write("1,2,3\n")  # a malformed gt line
+  out = tmp_path / "out"
+  argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--checkpoint",
+          workdir, "--dataset", "tampered_ic13", "--output_dir", str(out),
+          "--config.data.tampered_text_detection.source=folder",
+          f"--config.data.tampered_text_detection.root={root}",
+          "--config.data.skip_bad_examples=True"]
+  res = evaluate.main(argv)["tampered text detection"]
+  assert res["num_images"] == 4 and res["num_skipped"] == 1
+  report = json.loads((out / "metrics.json").read_text())
+  skipped = report["results"]["tampered text detection"]["skipped"]
+  assert len(skipped) == 1 and "syn_00001.txt: line" in skipped[0]
+  printed = capsys.readouterr().out
+  assert "num_skipped" in printed and "syn_00001.txt: line" in printed
 
 
 def test_unwritable_output_found_before_loading(tmp_path, monkeypatch):

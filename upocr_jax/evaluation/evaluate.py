@@ -52,7 +52,8 @@ from upocr_jax.tasks import (EVAL_DATASETS, SEG_THRESHOLD, SEGMENTATION, TASKS,
                              TEXT_REMOVAL, canonical_task, task_key)
 
 DATASETS = EVAL_DATASETS
-_NON_METRICS = ("num_images", "num_skipped_identical", "threshold")
+_NON_METRICS = ("num_images", "num_skipped_identical", "num_skipped",
+                "threshold")
 
 
 def dataset_config(config: ml_collections.ConfigDict, task: str,
@@ -113,6 +114,19 @@ def _gather_rows(x: np.ndarray) -> np.ndarray:
   return np.concatenate([r[:k] for r, k in zip(rows, shapes[:, 0])])
 
 
+def _gather_strings(items: Sequence[str]) -> list[str]:
+  """Every process's strings, in process order."""
+  if jax.process_count() == 1:
+    return list(items)
+  # One row of bytes per process (a leading marker keeps it non-empty).
+  row = np.frombuffer(b"#" + "\n".join(items).encode(), np.uint8)
+  out = []
+  for r in _gather_rows(row[None, :].astype(np.float64)):
+    text = bytes(r.astype(np.uint8)).rstrip(b"\0")[1:].decode()
+    out += text.split("\n") if text else []
+  return out
+
+
 def _stem(name: str) -> str:
   return os.path.splitext(os.path.basename(name.split(":")[-1]))[0]
 
@@ -143,7 +157,10 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     mssim_mode, seg_threshold, feature_extractor: see upocr_jax.evaluation.metrics.
   Returns:
     The metrics of upocr_jax.evaluation.metrics (TextRemovalMetrics / SegmentationMetrics
-    / TamperMetrics ``result()``) plus 'task' and 'dataset'.
+    / TamperMetrics ``result()``) plus 'task' and 'dataset'. With
+    ``config.data.skip_bad_examples`` also 'num_skipped' and 'skipped' (the
+    "FILE: problem" lines of the examples left out; ``num_images`` counts
+    only the scored ones).
   """
   task = canonical_task(task, list(model.config.tasks))
   task_id = TASKS.index(task)
@@ -177,8 +194,11 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
   bar = tqdm(total=steps, desc=f"eval {dataset}/{task_key(task)}",
              disable=not progress or jax.process_index() != 0)
 
+  skipped = []
+
   def consume(batch, out):
     out = _get(out, mesh, spec)
+    skipped.extend(s for s in batch["skipped"] if s)
     for i in np.nonzero(batch["example_mask"])[0]:
       if task_id == TEXT_REMOVAL:
         pred = image_ops.to_uint8_like_official(out[i])
@@ -213,6 +233,11 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
   _merge_processes(acc)
   result = acc.result()
   result.update(task=task, dataset=dataset)
+  if cfg.data.get("skip_bad_examples", False):
+    skipped = _gather_strings(skipped)
+    for s in skipped:
+      logging.warning("eval %s/%s: skipped %s", dataset, task_key(task), s)
+    result.update(num_skipped=len(skipped), skipped=skipped)
   return result
 
 
@@ -354,13 +379,18 @@ def format_table(results: dict[str, dict]) -> str:
   """A plain-text table of the metrics (fractions also shown x100, as in the
   paper's tables)."""
   lines = [f"{'task':<26}{'metric':<22}{'value':>12}{'x100':>10}"]
+  skipped = []
   for task, res in results.items():
+    skipped += [f"  {task}: {s}" for s in res.get("skipped", ())]
     for k, v in res.items():
-      if k in ("task", "dataset") or v is None or isinstance(v, str):
+      if (k in ("task", "dataset") or v is None
+          or isinstance(v, (str, list, tuple))):
         continue
       x100 = ("" if k in ("psnr", "age", "fid") or k in _NON_METRICS or
               isinstance(v, int) else f"{100 * v:10.2f}")
       lines.append(f"{task:<26}{k:<22}{v:>12.6g}{x100:>10}")
+  if skipped:
+    lines += ["skipped examples (left out of the metrics):"] + skipped
   return "\n".join(lines)
 
 
