@@ -48,7 +48,7 @@ setup(
         "console_scripts": [
             "upocr-train=upocr_jax.main:run_main",
             "upocr-convert=upocr_jax.weights.convert:run_main",
-            "upocr-eval=upocr_jax.evaluation.evaluate:run_main",
+            "upocr-eval=upocr_jax.evaluation.cli:run_main",
             "upocr-predict=upocr_jax.inference.cli:run_main",
         ],
     },

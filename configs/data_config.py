@@ -62,8 +62,9 @@ def get_data_config(variant: str) -> ml_collections.ConfigDict:
   d.worker_buffer_size = 16
   d.read_threads = 2
   d.prefetch_buffer_size = 32
-  # Bad files: False raises (naming the file); True skips to the next example,
-  # logging each bad file once per process.
+  # Bad examples: False raises (naming the file); True skips them, logging
+  # each: training takes the next good example instead, evaluation leaves
+  # them out and reports them (num_skipped, skipped).
   d.skip_bad_examples = False
   # Compare image/label/mask sizes from file headers before training starts.
   d.check_sizes = True

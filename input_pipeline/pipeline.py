@@ -162,24 +162,41 @@ def create_train_iterator(config: Any, process_index: int = 0,
 
 
 class _EvalExample:
-  """Loads eval example `i` of the padded order, or a masked-out pad."""
+  """Loads eval example `i` of the padded order, or a masked-out pad.
 
-  def __init__(self, source, num_examples: int, image_size: int, task_id: int):
+  With ``skip_bad`` an example whose files are bad becomes a masked-out pad
+  too, never another example (which would be scored twice); its ``skipped``
+  field says which file and why ("" for every other example).
+  """
+
+  def __init__(self, source, num_examples: int, image_size: int, task_id: int,
+               skip_bad: bool = False):
     self._source, self._n = source, num_examples
     self._size, self._task = image_size, task_id
+    self._skip_bad = skip_bad
 
   def __call__(self, index: int) -> dict:
     if index < self._n:
-      out = transforms.eval_transform(self._source[index], self._size)
+      try:
+        out = transforms.eval_transform(self._source[index], self._size)
+      except schema.DataError as e:
+        if not self._skip_bad:
+          raise
+        return self._pad(f"<skipped {index}>", str(e))
       out["example_mask"] = np.bool_(True)
+      out["skipped"] = ""
       return out
+    return self._pad("<padding>", "")
+
+  def _pad(self, name: str, skipped: str) -> dict:
     s = self._size
     out = schema.make_example(self._task, np.zeros((s, s, 3), np.uint8),
-                              np.zeros((s, s, 3), np.uint8), "<padding>")
+                              np.zeros((s, s, 3), np.uint8), name)
     out["orig_target"] = out["target"]
     out["orig_valid"] = np.zeros((s, s), bool)
     out["valid"] = out["orig_valid"]
     out["example_mask"] = np.bool_(False)
+    out["skipped"] = skipped
     return out
 
 
@@ -194,7 +211,9 @@ def create_eval_dataset(config: Any, task_id: int, process_index: int = 0,
   the end are padding with ``example_mask`` False. Besides the training keys
   (images resized to image_size: bicubic for photos, nearest for label maps)
   each batch has ``example_mask`` bool (b,) and lists ``orig_target`` /
-  ``orig_valid`` of the labels at their file's own size, for metrics.
+  ``orig_valid`` of the labels at their file's own size, for metrics, and
+  a list ``skipped``: with ``config.data.skip_bad_examples``, "FILE: problem"
+  for a bad example (masked out, not replaced), else "".
 
   Args:
     config: the full config or ``config.data``.
@@ -214,10 +233,12 @@ def create_eval_dataset(config: Any, task_id: int, process_index: int = 0,
   order = [s * g + process_index * local + j for s in range(steps)
            for j in range(local)]
   ds = grain.MapDataset.source(order).map(
-      _EvalExample(source, n, data_config.image_size, task_id))
+      _EvalExample(source, n, data_config.image_size, task_id,
+                   data_config.skip_bad_examples))
   ds = _maybe_workers(ds.to_iter_dataset(_read_options(data_config)),
                       data_config)
-  collate = _Collate(data_config.image_dtype, ("orig_target", "orig_valid"))
+  collate = _Collate(data_config.image_dtype,
+                     ("orig_target", "orig_valid", "skipped"))
   return ds.batch(local, batch_fn=collate), steps
 
 

@@ -17,7 +17,7 @@ from input_pipeline import write_synthetic
 from input_pipeline.sources import tfds_builders
 from upocr_jax import cli_flags
 from upocr_jax import main as train_main
-from upocr_jax.evaluation import evaluate
+from upocr_jax.evaluation import cli as eval_cli
 from upocr_jax.evaluation import fid
 from upocr_jax.inference import cli as predict_cli
 from upocr_jax.weights import convert
@@ -29,7 +29,7 @@ BUNDLED = os.path.join(REPO, "configs", "upocr.py")
 ENTRIES = [
     ("upocr-train", train_main.__doc__, train_main.define_flags,
      ["config", "workdir"]),
-    ("upocr-eval", evaluate.USAGE, evaluate.define_flags,
+    ("upocr-eval", eval_cli.USAGE, eval_cli.define_flags,
      ["config", "checkpoint", "dataset", "output_dir", "inception_weights"]),
     ("upocr-predict", predict_cli.__doc__, predict_cli.define_flags,
      ["checkpoint", "task", "output_dir", "batch_size", "image_size",
@@ -151,7 +151,7 @@ def program(monkeypatch, tmp_path):
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules")
 @pytest.mark.parametrize("prog,entry", [
     ("upocr-train", lambda: train_main.run_main()),
-    ("upocr-eval", lambda: evaluate.run_main()),
+    ("upocr-eval", lambda: eval_cli.run_main()),
     ("upocr-predict", lambda: predict_cli.run_main()),
     ("upocr-convert", lambda: convert.run_main()),
     ("python -m upocr_jax.inference.cli", lambda: runpy.run_module(
@@ -169,11 +169,11 @@ def test_program_help(prog, entry, program, capsys):
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules")
 def test_program_errors_are_one_line(program):
-  code = program(["upocr-eval", "--config=missing.py"], evaluate.run_main)
+  code = program(["upocr-eval", "--config=missing.py"], eval_cli.run_main)
   assert code.startswith("upocr-eval: error: ") and "\n" not in code
   assert "missing.py" in code
   code = program(["upocr-eval", "--config=tiny", "--dataset=synthetic"],
-                 evaluate.run_main)
+                 eval_cli.run_main)
   assert code == "upocr-eval: error: --checkpoint is required"
   code = program(["p"], lambda: runpy.run_module(
       "upocr_jax.inference.predictor", run_name="__main__"))
@@ -183,7 +183,7 @@ def test_program_errors_are_one_line(program):
 def test_console_script_help():
   # One real process, as the installed upocr-eval runs it.
   proc = _run(["-c", "import sys; sys.argv = ['upocr-eval', '--help']; "
-               "from upocr_jax.evaluation.evaluate import run_main; "
+               "from upocr_jax.evaluation.cli import run_main; "
                "run_main()"], cwd="/")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith("upocr-eval") and "  --dataset:" in proc.stdout

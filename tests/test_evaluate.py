@@ -12,7 +12,10 @@ from flax import nnx
 from PIL import Image
 
 from input_pipeline import pipeline
+from input_pipeline import synthetic
+from input_pipeline import write_synthetic
 from tests import inference_helpers as helpers
+from upocr_jax.evaluation import cli as eval_cli
 from upocr_jax.evaluation import evaluate
 from upocr_jax.evaluation import metrics
 from upocr_jax.inference import image_ops
@@ -34,7 +37,7 @@ def model(workdir):
 @pytest.fixture(scope="module")
 def cli_results(workdir, tmp_path_factory):
   out = tmp_path_factory.mktemp("eval_out")
-  results = evaluate.main([
+  results = eval_cli.main([
       "upocr-eval", "--config=configs/upocr.py:tiny",
       "--config.data.synthetic.num_eval=5", "--checkpoint", workdir,
       "--dataset", "synthetic", "--save_predictions", "--output_dir", str(out)])
@@ -110,7 +113,7 @@ def test_eval_on_the_configured_mesh_matches_one_device(model):
                                      progress=False)
   config.mesh.shape = (1, 8, 1)
   sharded_model = nnx.clone(model)
-  mesh, cfg = evaluate.eval_mesh(sharded_model, config)
+  mesh, cfg = eval_cli.eval_mesh(sharded_model, config)
   assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
   # Sharded as training shards it (FSDP), and the batch of 4 padded to 8.
   qkv = sharded_model.encoder.layers[0].blocks[0].attn.qkv.kernel[...]
@@ -142,12 +145,53 @@ def test_bad_inputs(model, workdir, tmp_path):
   argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--dataset",
           "synthetic", "--output_dir", str(tmp_path)]
   with pytest.raises(ValueError, match="model fields differ: encoder.embed_dim"):
-    evaluate.main(argv + ["--checkpoint", workdir,
+    eval_cli.main(argv + ["--checkpoint", workdir,
                           "--config.model.encoder.embed_dim=32"])
   with pytest.raises(FileNotFoundError, match="neither a weight directory"):
-    evaluate.main(argv + ["--checkpoint", str(tmp_path)])
+    eval_cli.main(argv + ["--checkpoint", str(tmp_path)])
   with pytest.raises(ValueError, match="--checkpoint is required"):
-    evaluate.main(argv)
+    eval_cli.main(argv)
+
+
+def test_skip_bad_examples_counts_and_names_never_replaces(workdir, tmp_path,
+                                                          capsys):
+  roots = write_synthetic.write_dataset(
+      str(tmp_path / "data"), num_train=1, num_test=5, seed=2,
+      params=synthetic.SynthParams(min_size=32, max_size=48, max_words=2))
+  root = roots["tampered_text_detection"]
+  with open(os.path.join(root, "test_gt", "syn_00001.txt"), "a") as f:
+    f.write("1,2,3\n")  # a malformed gt line
+  out = tmp_path / "out"
+  argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--checkpoint",
+          workdir, "--dataset", "tampered_ic13", "--output_dir", str(out),
+          "--config.data.tampered_text_detection.source=folder",
+          f"--config.data.tampered_text_detection.root={root}",
+          "--config.data.skip_bad_examples=True"]
+  res = eval_cli.main(argv)["tampered text detection"]
+  assert res["num_images"] == 4 and res["num_skipped"] == 1
+  report = json.loads((out / "metrics.json").read_text())
+  skipped = report["results"]["tampered text detection"]["skipped"]
+  assert len(skipped) == 1 and "syn_00001.txt: line" in skipped[0]
+  printed = capsys.readouterr().out
+  assert "num_skipped" in printed and "syn_00001.txt: line" in printed
+
+
+def test_unwritable_output_found_before_loading(tmp_path, monkeypatch):
+  monkeypatch.setattr(evaluate.runner, "load_model", lambda *a, **k:
+                      pytest.fail("the model was loaded before the check"))
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  (ckpt / "eval").write_text("a file where the default output folder goes")
+  argv = ["upocr-eval", "--config=configs/upocr.py:tiny", "--dataset",
+          "synthetic", "--checkpoint", str(ckpt)]
+  # The default CHECKPOINT/eval/DATASET lies under a regular file: this
+  # stands in for a read-only checkpoint folder (chmod does not stop root).
+  with pytest.raises(ValueError, match=r"eval/synthetic: cannot write there "
+                     r"\(Not a directory\); the default is CHECKPOINT"):
+    eval_cli.main(argv)
+  with pytest.raises(ValueError, match=r"eval exists and is not a folder; "
+                     "choose another --output_dir"):
+    eval_cli.main(argv + ["--output_dir", str(ckpt / "eval")])
 
 
 def test_merge_over_processes(monkeypatch):

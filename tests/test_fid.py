@@ -19,6 +19,7 @@ from PIL import Image
 
 from input_pipeline import pipeline
 from tests import inference_helpers as helpers
+from upocr_jax.evaluation import cli as eval_cli
 from upocr_jax.evaluation import evaluate
 from upocr_jax.evaluation import fid
 from upocr_jax.evaluation import metrics
@@ -230,7 +231,7 @@ def test_eval_cli_reports_fid_of_the_saved_pngs(weights_npz, extractor,
   root = tmp_path / "run"
   helpers.random_weights_dir(root)
   out = tmp_path / "eval"
-  evaluate.main([
+  eval_cli.main([
       "upocr-eval", "--config=configs/upocr.py:tiny",
       "--config.data.synthetic.num_eval=5", "--max_examples", "3",
       "--checkpoint", str(root),

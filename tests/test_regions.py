@@ -1,7 +1,6 @@
 """Prediction restricted to a region: weights, boxes, masks, Predictor, CLI."""
 
 import json
-import os
 
 import numpy as np
 import pytest

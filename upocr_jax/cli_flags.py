@@ -14,6 +14,9 @@
   text (with an example) and its OWN flags, one line each, instead of absl's
   list of every module's flags (that stays behind ``--helpfull``); flag errors
   and expected user errors print one line instead of a traceback.
+* :func:`check_writable_dir`: a command's output folder checked before any
+  compute, so an unwritable output is one line naming the path, not a
+  traceback after the whole run.
 
 Flag names use underscores (``--output_dir``, ``--batch_size``); booleans are
 ``--flag`` / ``--noflag``.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
@@ -253,3 +257,26 @@ def run(prog: str, usage: str, define_flags: Callable[..., None],
       sys.exit(f"{prog}: error: {e}")
 
   app.run(app_main, flags_parser=parse_flags)
+
+
+def check_writable_dir(path: str, hint: str) -> None:
+  """Creates folder ``path`` if needed and checks a file can be written in it.
+
+  Args:
+    path: the output folder.
+    hint: what to do instead, ending the error line ("choose another
+      --output_dir").
+  Raises:
+    ValueError: one line naming ``path``, what is wrong and ``hint``.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"output folder {path} exists and is not a folder; {hint}")
+  try:
+    os.makedirs(path, exist_ok=True)
+    # A real write: os.access ignores read-only mounts and ACLs in places,
+    # and says yes to root for chmod-protected folders that root can write.
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".upocr_write_check_"):
+      pass
+  except OSError as e:
+    raise ValueError(f"output folder {path}: cannot write there "
+                     f"({e.strerror or e}); {hint}") from e

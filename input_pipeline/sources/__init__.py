@@ -18,13 +18,17 @@ def make_source(data_config: Any, task_id: int,
   """The train (or eval) source of task `task_id` as `config.data` says.
 
   Folder layouts are listed and checked here, so a bad layout, a missing label
-  or a malformed gt line fails before training starts.
+  or a malformed gt line fails before training starts. With
+  ``skip_bad_examples`` a bad example is kept and raises DataError when read:
+  the train source replaces it by the next good one (SkipBadExamples), the
+  eval pipeline leaves it out and reports it (pipeline._EvalExample).
   """
   cfg = data_config[schema.TASK_KEYS[task_id]]
   splits = list(cfg.train_splits if train else cfg.eval_splits)
   if cfg.source == "folder":
-    source = FOLDER_READERS[task_id](cfg.root, splits,
-                                     check_sizes=data_config.check_sizes)
+    source = FOLDER_READERS[task_id](
+        cfg.root, splits, check_sizes=data_config.check_sizes,
+        skip_bad=data_config.skip_bad_examples)
   elif cfg.source == "tfds":
     source = tfds_source.TfdsSource(cfg.tfds_name, data_config.tfds_data_dir,
                                     splits, task_id)
@@ -42,6 +46,6 @@ def make_source(data_config: Any, task_id: int,
     raise schema.DataError(getattr(source, "root", cfg.root),
                            f"{'train' if train else 'eval'} splits {splits} "
                            "are empty")
-  if data_config.skip_bad_examples:
+  if data_config.skip_bad_examples and train:
     source = common.SkipBadExamples(source)
   return source

@@ -81,8 +81,34 @@ def stem(name: str) -> str:
   return os.path.splitext(name)[0]
 
 
+class BadRecord:
+  """A record that failed the up-front checks, kept so that reading it raises.
+
+  With ``skip_bad_examples`` the folder readers keep such records in place of
+  aborting: training then replaces them (SkipBadExamples) and evaluation
+  leaves them out and reports them, like files that fail to decode.
+  """
+
+  def __init__(self, error: DataError):
+    self.path, self.problem = error.path, error.problem
+
+  def raise_error(self):
+    raise DataError(self.path, self.problem)
+
+
+def check_record(skip_bad: bool, make_record, *args) -> Any:
+  """``make_record(*args)``, or a BadRecord for its DataError if ``skip_bad``."""
+  try:
+    return make_record(*args)
+  except DataError as e:
+    if not skip_bad:
+      raise
+    logging.warning("bad example (skipped when read): %s", e)
+    return BadRecord(e)
+
+
 class SkipBadExamples:
-  """Wraps a source so a bad example is replaced by the next good one.
+  """Wraps a training source so a bad example is replaced by the next good one.
 
   The replacement is deterministic (index + 1, + 2, ...), so a resumed run still
   sees the same batches. Every skip is logged by file name and counted.

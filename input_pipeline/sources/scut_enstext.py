@@ -29,36 +29,46 @@ class ScutEnsText:
   """Random-access SCUT-EnsText split(s) in the shared schema."""
 
   def __init__(self, root: str, splits: Sequence[str] = ("train",),
-               check_sizes: bool = True):
+               check_sizes: bool = True, skip_bad: bool = False):
     """Lists the files and checks the layout up front.
 
     Args:
       root: the SCUT-EnsText folder, holding `train/` and `test/`.
       splits: sub-folders to read, concatenated in order.
       check_sizes: also compare image/label/mask sizes from the file headers.
+      skip_bad: an example failing these checks raises when read (see
+        common.BadRecord) instead of here.
     """
     self.root = root
-    self.records: list[tuple[str, str, str]] = []
+    self.records: list = []
     for split in splits:
       split_dir = os.path.join(root, split)
       image_dir = os.path.join(split_dir, "image")
       for name in common.list_images(image_dir):
-        s = common.stem(name)
-        rec = (os.path.join(image_dir, name),
-               _find_companion(os.path.join(split_dir, "label"), s, name),
-               _find_companion(os.path.join(split_dir, "mask"), s, name))
-        if check_sizes:
-          size = common.image_size(rec[0])
-          common.check_same_size(rec[0], size, rec[1], common.image_size(rec[1]),
-                                 "label")
-          common.check_same_size(rec[0], size, rec[2], common.image_size(rec[2]),
-                                 "mask")
-        self.records.append(rec)
+        self.records.append(common.check_record(
+            skip_bad, self._record, split_dir, image_dir, name, check_sizes))
+
+  @staticmethod
+  def _record(split_dir: str, image_dir: str, name: str,
+              check_sizes: bool) -> tuple[str, str, str]:
+    s = common.stem(name)
+    rec = (os.path.join(image_dir, name),
+           _find_companion(os.path.join(split_dir, "label"), s, name),
+           _find_companion(os.path.join(split_dir, "mask"), s, name))
+    if check_sizes:
+      size = common.image_size(rec[0])
+      common.check_same_size(rec[0], size, rec[1], common.image_size(rec[1]),
+                             "label")
+      common.check_same_size(rec[0], size, rec[2], common.image_size(rec[2]),
+                             "mask")
+    return rec
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict:
+    if isinstance(self.records[index], common.BadRecord):
+      self.records[index].raise_error()
     image_path, label_path, mask_path = self.records[index]
     image = common.read_rgb(image_path)
     label = common.read_rgb(label_path)

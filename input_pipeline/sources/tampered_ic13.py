@@ -38,16 +38,18 @@ class TamperedIC13:
   """Random-access Tampered-IC13 split(s) in the shared schema."""
 
   def __init__(self, root: str, splits: Sequence[str] = ("train",),
-               check_sizes: bool = True):
+               check_sizes: bool = True, skip_bad: bool = False):
     """Lists the images and parses every gt file up front.
 
     Args:
       root: the Tampered-IC13 folder holding `{split}_img` and `{split}_gt`.
       splits: split prefixes to read ('train', 'test').
       check_sizes: also check that every image header is readable.
+      skip_bad: an example failing these checks (unreadable header, missing
+        or malformed gt file) raises when read (common.BadRecord) instead.
     """
     self.root = root
-    self.records: list[tuple[str, np.ndarray]] = []
+    self.records: list = []
     for split in splits:
       image_dir = os.path.join(root, f"{split}_img")
       gt_dir = os.path.join(root, f"{split}_gt")
@@ -55,16 +57,23 @@ class TamperedIC13:
       if not os.path.isdir(gt_dir):
         raise schema.DataError(gt_dir, "expected folder is missing")
       for name in names:
-        image_path = os.path.join(image_dir, name)
-        if check_sizes:
-          common.image_size(image_path)
-        boxes = read_gt(os.path.join(gt_dir, common.stem(name) + ".txt"))
-        self.records.append((image_path, boxes))
+        self.records.append(common.check_record(
+            skip_bad, self._record, image_dir, gt_dir, name, check_sizes))
+
+  @staticmethod
+  def _record(image_dir: str, gt_dir: str, name: str,
+              check_sizes: bool) -> tuple[str, np.ndarray]:
+    image_path = os.path.join(image_dir, name)
+    if check_sizes:
+      common.image_size(image_path)
+    return image_path, read_gt(os.path.join(gt_dir, common.stem(name) + ".txt"))
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict:
+    if isinstance(self.records[index], common.BadRecord):
+      self.records[index].raise_error()
     image_path, boxes = self.records[index]
     image = common.read_rgb(image_path)
     return decode_tampered(image, boxes, image_path)

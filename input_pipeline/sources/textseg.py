@@ -50,32 +50,41 @@ class TextSeg:
   """Random-access TextSeg split(s) in the shared schema."""
 
   def __init__(self, root: str, splits: Sequence[str] = ("train", "val"),
-               check_sizes: bool = True):
+               check_sizes: bool = True, skip_bad: bool = False):
     """Reads split.json and checks every listed file up front.
 
     Args:
       root: the TextSeg folder.
       splits: split.json keys to read, concatenated (train+val for training).
       check_sizes: also compare image/label sizes from the file headers.
+      skip_bad: a sample failing these checks (missing image or label, size
+        mismatch) raises when read (common.BadRecord) instead of here.
     """
     self.root = root
-    self.records: list[tuple[str, str]] = []
+    self.records: list = []
     for name in read_split_names(root, splits):
-      image_path, label_path = paths_for(root, name)
-      for p, what in ((image_path, "image"), (label_path, "label")):
-        if not os.path.isfile(p):
-          raise schema.DataError(p, f"missing {what} of sample {name!r} listed "
-                                 "in split.json")
-      if check_sizes:
-        common.check_same_size(image_path, common.image_size(image_path),
-                               label_path, common.image_size(label_path),
-                               "label")
-      self.records.append((image_path, label_path))
+      self.records.append(common.check_record(skip_bad, self._record, root,
+                                              name, check_sizes))
+
+  @staticmethod
+  def _record(root: str, name: str, check_sizes: bool) -> tuple[str, str]:
+    image_path, label_path = paths_for(root, name)
+    for p, what in ((image_path, "image"), (label_path, "label")):
+      if not os.path.isfile(p):
+        raise schema.DataError(p, f"missing {what} of sample {name!r} listed "
+                               "in split.json")
+    if check_sizes:
+      common.check_same_size(image_path, common.image_size(image_path),
+                             label_path, common.image_size(label_path),
+                             "label")
+    return image_path, label_path
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict:
+    if isinstance(self.records[index], common.BadRecord):
+      self.records[index].raise_error()
     image_path, label_path = self.records[index]
     image = common.read_rgb(image_path)
     label_img = common.open_image(label_path)

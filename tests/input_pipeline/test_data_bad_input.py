@@ -138,3 +138,45 @@ def test_skip_bad_examples_counts_and_logs(jpeg_roots, tmp_path, caplog):
   assert bad not in batch["name"]
   assert any("syn_00003.jpg" in r.getMessage() and "1 skipped" in r.getMessage()
              for r in caplog.records)
+
+
+def _eval_examples(cfg, task_id):
+  """(names of scored examples, skipped lines) of one eval pass."""
+  names, skipped = [], []
+  for b in pipeline.create_eval_iterator(cfg, task_id):
+    names += [n for n, m in zip(b["name"], b["example_mask"]) if m]
+    skipped += [s for s in b["skipped"] if s]
+  return names, skipped
+
+
+def test_eval_skips_every_bad_kind_without_replacing(jpeg_roots, tmp_path):
+  roots = {k: _copy(jpeg_roots, k, tmp_path) for k in jpeg_roots}
+  rm, tp, sg = (roots["text_removal"], roots["tampered_text_detection"],
+                roots["text_segmentation"])
+  os.remove(os.path.join(rm, "test", "label", "syn_00001.jpg"))  # missing
+  _truncate(os.path.join(rm, "test", "image", "syn_00003.jpg"))  # header
+  late = os.path.join(tp, "test_img", "syn_00004.jpg")           # at read
+  data = open(late, "rb").read()
+  open(late, "wb").write(data[:len(data) * 9 // 10])
+  with open(os.path.join(tp, "test_gt", "syn_00002.txt"), "a") as f:
+    f.write("1,2,3,4\n")                                         # malformed
+  split = json.load(open(os.path.join(sg, "split.json")))
+  label = os.path.join(sg, "semantic_label", split["test"][0] + "_maskfg.png")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((7, 9), np.uint8)).save(label)        # size
+  cfg = data_helpers.folder_config(roots)
+  with pytest.raises(DataError, match=r"syn_00001\.jpg: missing"):
+    _eval_examples(cfg, 0)
+  cfg.skip_bad_examples = True
+  cases = [(0, 5, ["label/syn_00001.jpg: missing",
+                   "image/syn_00003.jpg: not a readable image"]),
+           (1, 5, ["syn_00002.txt: line",
+                   "syn_00004.jpg: unreadable or truncated"]),
+           (2, len(split["test"]), ["_maskfg.png: label is 9x7"])]
+  for task_id, n, problems in cases:
+    names, skipped = _eval_examples(cfg, task_id)
+    assert len(names) == n - len(problems), task_id   # left out ...
+    assert len(set(names)) == len(names), task_id     # ... never replaced
+    assert len(skipped) == len(problems), skipped
+    for want in problems:
+      assert any(want in s for s in skipped), (want, skipped)

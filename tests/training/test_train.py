@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -96,6 +97,54 @@ def test_exact_resume_after_sigterm_and_sigkill(tmp_path):
     assert a["data_checksum"] == b["data_checksum"], a["step"]
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6,
                                err_msg=f"step {a['step']}")
+
+
+def test_second_ctrl_c_aborts_at_once():
+  with trainer._Preemption() as p:  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)  # Python runs the handler between bytecodes
+    assert p.requested and p.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.01)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_checkpoints_and_incomplete_save_is_skipped_on_resume(tmp_path):
+  steps = ["--config.train.steps=30", "--config.train.checkpoint_every=100"]
+  wd = tmp_path / "run"
+  # 1) Ctrl-C mid-run: a checkpoint at the step reached, one line, exit 0.
+  p = subprocess.Popen(th.train_cmd(wd, *steps), cwd=th.REPO, env=th.env(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: os.path.exists(wd / "metrics.jsonl")
+            and len(th.rows(wd)) >= 3, p)
+  p.send_signal(signal.SIGINT)
+  assert p.wait(timeout=120) == 0, p.stderr.read()[-3000:]
+  err = p.stderr.read()
+  assert "KeyboardInterrupt" not in err
+  reached = th.rows(wd)[-1]["step"]
+  assert reached < 30
+  assert _committed_steps(wd) == [reached]
+  assert (f"SIGINT: stopped at step {reached} of 30; checkpoint "
+          f"{wd}/checkpoints/{reached} written; run the same command to "
+          "resume") in err
+  # 2) A later save cut short (a second Ctrl-C or a kill inside it) leaves
+  # N.orbax-checkpoint-tmp-*, and rows of steps that will be replayed.
+  ckpts = wd / "checkpoints"
+  tmp = f"{reached + 2}.orbax-checkpoint-tmp-1234567"
+  shutil.copytree(ckpts / str(reached) / "params", ckpts / tmp / "params")
+  with open(wd / "metrics.jsonl", "a") as f:
+    for s in (reached + 1, reached + 2):
+      f.write(json.dumps({"step": s, "loss": 1.0}) + "\n")
+  # 3) Resume from the last complete checkpoint, say which, no duplicates.
+  out = th.run(th.train_cmd(wd, *steps))
+  assert f"incomplete checkpoint save(s) {tmp}" in out.stderr
+  assert f"the last complete one is step {reached}" in out.stderr
+  assert f"resuming from step {reached}" in out.stderr
+  assert [r["step"] for r in th.rows(wd)] == list(range(1, 31))
+  assert all(r["loss"] != 1.0 for r in th.rows(wd))
+  assert _committed_steps(wd)[-1] == 30
+  assert not checkpoint.incomplete_saves(str(wd))
 
 
 class _NaNAt:

@@ -92,10 +92,10 @@ def run(cmd, devices: int = 1, timeout: int = 300) -> subprocess.CompletedProces
 
 def losses(workdir) -> dict[int, float]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(l) for l in f if l.strip()]
+    rows = [json.loads(line) for line in f if line.strip()]
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def rows(workdir) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    return [json.loads(line) for line in f if line.strip()]

@@ -2,7 +2,8 @@
 
 Library: :func:`evaluate` (one task of one data set), :func:`evaluate_dataset`
 (every task of a data set) and :func:`run_evals` (what ``config.evals`` asks for,
-as flat metric names for the training logs). Command line: ``upocr-eval``.
+as flat metric names for the training logs). Command line: ``upocr-eval``
+(``upocr_jax.evaluation.cli``).
 
 Protocol, following the official evaluation (engine/val.py and the SCUT-EnsText
 script): images resized to ``config.data.image_size`` (bicubic), the model's
@@ -26,12 +27,10 @@ all three tasks on the held-out synthetic split (``config.data.synthetic``).
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from absl import flags, logging
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
@@ -40,9 +39,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import pipeline
-from upocr_jax import cli_flags
 from upocr_jax import sharding
-from upocr_jax.evaluation import fid
 from upocr_jax.evaluation import metrics as metrics_lib
 from upocr_jax.inference import image_ops
 from upocr_jax.inference import runner
@@ -51,7 +48,8 @@ from upocr_jax.tasks import (EVAL_DATASETS, SEG_THRESHOLD, SEGMENTATION, TASKS,
                              TEXT_REMOVAL, canonical_task, task_key)
 
 DATASETS = EVAL_DATASETS
-_NON_METRICS = ("num_images", "num_skipped_identical", "threshold")
+NON_METRICS = ("num_images", "num_skipped_identical", "num_skipped",
+                "threshold")
 
 
 def dataset_config(config: ml_collections.ConfigDict, task: str,
@@ -112,6 +110,19 @@ def _gather_rows(x: np.ndarray) -> np.ndarray:
   return np.concatenate([r[:k] for r, k in zip(rows, shapes[:, 0])])
 
 
+def _gather_strings(items: Sequence[str]) -> list[str]:
+  """Every process's strings, in process order."""
+  if jax.process_count() == 1:
+    return list(items)
+  # One row of bytes per process (a leading marker keeps it non-empty).
+  row = np.frombuffer(b"#" + "\n".join(items).encode(), np.uint8)
+  out = []
+  for r in _gather_rows(row[None, :].astype(np.float64)):
+    text = bytes(r.astype(np.uint8)).rstrip(b"\0")[1:].decode()
+    out += text.split("\n") if text else []
+  return out
+
+
 def _stem(name: str) -> str:
   return os.path.splitext(os.path.basename(name.split(":")[-1]))[0]
 
@@ -142,7 +153,10 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     mssim_mode, seg_threshold, feature_extractor: see upocr_jax.evaluation.metrics.
   Returns:
     The metrics of upocr_jax.evaluation.metrics (TextRemovalMetrics / SegmentationMetrics
-    / TamperMetrics ``result()``) plus 'task' and 'dataset'.
+    / TamperMetrics ``result()``) plus 'task' and 'dataset'. With
+    ``config.data.skip_bad_examples`` also 'num_skipped' and 'skipped' (the
+    "FILE: problem" lines of the examples left out; ``num_images`` counts
+    only the scored ones).
   """
   task = canonical_task(task, list(model.config.tasks))
   task_id = TASKS.index(task)
@@ -176,8 +190,11 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
   bar = tqdm(total=steps, desc=f"eval {dataset}/{task_key(task)}",
              disable=not progress or jax.process_index() != 0)
 
+  skipped = []
+
   def consume(batch, out):
     out = _get(out, mesh, spec)
+    skipped.extend(s for s in batch["skipped"] if s)
     for i in np.nonzero(batch["example_mask"])[0]:
       if task_id == TEXT_REMOVAL:
         pred = image_ops.to_uint8_like_official(out[i])
@@ -212,6 +229,11 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
   _merge_processes(acc)
   result = acc.result()
   result.update(task=task, dataset=dataset)
+  if cfg.data.get("skip_bad_examples", False):
+    skipped = _gather_strings(skipped)
+    for s in skipped:
+      logging.warning("eval %s/%s: skipped %s", dataset, task_key(task), s)
+    result.update(num_skipped=len(skipped), skipped=skipped)
   return result
 
 
@@ -236,7 +258,7 @@ def flatten_metrics(results: dict[str, dict], dataset: str) -> dict[str, float]:
   flat = {}
   for task, res in results.items():
     for k, v in res.items():
-      if (k not in _NON_METRICS and isinstance(v, (int, float))
+      if (k not in NON_METRICS and isinstance(v, (int, float))
           and not isinstance(v, bool)):
         flat[f"{prefix}{task_key(task)}/{k}"] = float(v)
   return flat
@@ -271,151 +293,3 @@ def run_evals(model: UPOCR, config: ml_collections.ConfigDict, step: int,
 
 
 # ----------------------------------------------------------------------- CLI
-
-
-USAGE = """upocr-eval: evaluate a checkpoint as the paper did.
-
-Usage: upocr-eval --config=CONFIG --checkpoint=DIR --dataset=DATASET [flags]
-
-Examples:
-  upocr-eval --config=tiny --checkpoint=/tmp/upocr_tiny --dataset=synthetic
-  upocr-eval --config=paper --checkpoint=weights/upocr_paper \\
-      --dataset=scut_enstext --config.data.text_removal.source=folder \\
-      --config.data.text_removal.root=/data/SCUT-ENS \\
-      --inception_weights=inception_fid.npz --save_predictions
-
-Writes OUTPUT_DIR/metrics.json (default CHECKPOINT/eval/DATASET) and prints a
-table. Data sets: scut_enstext, textseg, tampered_ic13 (read as config.data
-configures the task's source) or synthetic (all three tasks, held-out split).
-"""
-
-
-def define_flags(fv: flags.FlagValues,
-                 argv: Sequence[str] | None = None) -> None:
-  """Defines the flags of ``upocr-eval`` on ``fv``.
-
-  ``--config.*`` overrides are looked up in ``argv`` (default sys.argv).
-  """
-  cli_flags.DEFINE_config(fv, argv, help_string="Config whose model matches "
-                          "the checkpoint and whose data section is read")
-  flags.DEFINE_string("checkpoint", None, "Weight directory, or a training "
-                      "workdir (its latest checkpoint).", flag_values=fv)
-  flags.DEFINE_enum("dataset", None, list(DATASETS), "Data set to evaluate.",
-                    flag_values=fv)
-  flags.DEFINE_string("task", None, "Only this task (default: every task of "
-                      "the data set).", flag_values=fv)
-  flags.DEFINE_boolean("save_predictions", False, "Write the predictions as "
-                       "PNG under OUTPUT_DIR/predictions.", flag_values=fv)
-  flags.DEFINE_string("output_dir", None, "Where metrics.json (and predictions)"
-                      " go; default CHECKPOINT/eval/DATASET.", flag_values=fv)
-  flags.DEFINE_integer("max_examples", -1, "Only the first N examples per "
-                       "task (-1: all).", flag_values=fv)
-  flags.DEFINE_enum("mssim_mode", "official", ["official", "standard"],
-                    "official: the public script (published numbers); "
-                    "standard: real multi-scale SSIM.", flag_values=fv)
-  flags.DEFINE_float("seg_threshold", SEG_THRESHOLD, "Text segmentation "
-                     "threshold.",
-                     flag_values=fv)
-  flags.DEFINE_string("inception_weights", None, "pytorch-fid's FID Inception "
-                      "weights (.pth, or the .npz of upocr-convert "
-                      "--inception): report FID too.", flag_values=fv)
-  flags.DEFINE_integer("fid_batch_size", 32, "Images per Inception call.",
-                       flag_values=fv)
-
-
-def eval_mesh(model: UPOCR, config: ml_collections.ConfigDict
-              ) -> tuple[Mesh, ml_collections.ConfigDict]:
-  """The mesh of ``config.mesh`` with ``model`` sharded as training shards it
-  (data parallel over all devices without a mesh section), and a copy of
-  ``config`` whose ``data.eval_batch_size`` is rounded up to a multiple of
-  the batch shards (the extra positions are padding, masked out)."""
-  mesh, par = runner.place_on_mesh(model, config)
-  n = sharding.num_batch_shards(mesh, par)
-  config = ml_collections.ConfigDict(config.to_dict())
-  if "sharding" not in config:
-    config.sharding = par.sharding
-  size = config.data.eval_batch_size
-  if size % n:
-    logging.warning("config.data.eval_batch_size %d does not divide over %d "
-                    "batch shards: using %d", size, n, -(-size // n) * n)
-    config.data.eval_batch_size = -(-size // n) * n
-  return mesh, config
-
-
-def _clean(v: Any) -> Any:
-  # Standard JSON has no NaN/inf (e.g. a class absent from the whole set).
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  return v
-
-
-def format_table(results: dict[str, dict]) -> str:
-  """A plain-text table of the metrics (fractions also shown x100, as in the
-  paper's tables)."""
-  lines = [f"{'task':<26}{'metric':<22}{'value':>12}{'x100':>10}"]
-  for task, res in results.items():
-    for k, v in res.items():
-      if k in ("task", "dataset") or v is None or isinstance(v, str):
-        continue
-      x100 = ("" if k in ("psnr", "age", "fid") or k in _NON_METRICS or
-              isinstance(v, int) else f"{100 * v:10.2f}")
-      lines.append(f"{task:<26}{k:<22}{v:>12.6g}{x100:>10}")
-  return "\n".join(lines)
-
-
-def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
-  """Runs ``upocr-eval`` with ``argv`` (program name first); returns results.
-
-  Flags are parsed into a fresh FlagValues unless ``fv`` (already parsed) is
-  given, so tests can call this repeatedly.
-  """
-  if fv is None:
-    fv, argv = cli_flags.parse(define_flags, argv)
-  if len(argv) > 1:
-    raise cli_flags.UsageError(
-        f"unexpected arguments: {' '.join(argv[1:])}")
-  cli_flags.require(fv, "config", "checkpoint", "dataset")
-  model = runner.load_model(fv.checkpoint, fv.config.model)
-  mesh, config = eval_mesh(model, fv.config)
-  tasks = DATASETS[fv.dataset]
-  if fv.task:
-    tasks = (canonical_task(fv.task, list(tasks)),)
-  out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
-  extractor = None
-  if fv.inception_weights:
-    if TASKS[TEXT_REMOVAL] in tasks:
-      # Loaded before the evaluation, so bad weights fail before any work.
-      extractor = fid.InceptionFeatureExtractor(
-          fv.inception_weights, batch_size=fv.fid_batch_size)
-    else:
-      logging.warning("--inception_weights: FID is a text removal metric; "
-                      "%s has none, ignoring it", fv.dataset)
-  results = evaluate_dataset(
-      model, config, fv.dataset, tasks, max_examples=fv.max_examples,
-      save_dir=(os.path.join(out_dir, "predictions") if fv.save_predictions
-                else None),
-      mesh=mesh, batch_axes=tuple(config.sharding.batch_axes),
-      mssim_mode=fv.mssim_mode,
-      seg_threshold=fv.seg_threshold, feature_extractor=extractor)
-  if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    report = {"dataset": fv.dataset,
-              "checkpoint": os.path.abspath(fv.checkpoint),
-              "inception_weights": (os.path.abspath(fv.inception_weights)
-                                    if extractor is not None else None),
-              "results": {t: {k: _clean(v) for k, v in r.items()}
-                          for t, r in results.items()}}
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(report, f, indent=1)
-    print(format_table(results))
-    print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
-  return results
-
-
-def run_main() -> None:
-  """Console entry point (``upocr-eval``)."""
-  cli_flags.run("upocr-eval", USAGE, define_flags, main)
-
-
-if __name__ == "__main__":
-  run_main()

@@ -2,8 +2,8 @@
 
 Usage: upocr-predict --checkpoint=DIR --task=TASK --output_dir=OUT INPUT...
     [--mode=resize|tiled] [--batch_size=8] [--image_size=512] [--overlap=N]
-    [--config=CONFIG] [--boxes="x1,y1,x2,y2;..." | --region_mask=MASK]
-    [--feather=3]
+    [--config=CONFIG] [--skip_bad_images]
+    [--boxes="x1,y1,x2,y2;..." | --region_mask=MASK] [--feather=3]
 
 Examples:
   upocr-predict --checkpoint=/tmp/upocr_tiny --task="text removal" \\
@@ -14,12 +14,20 @@ Examples:
       --boxes="10,20,200,80;0,400,640,480" --output_dir=out poster.jpg
 
 INPUTs are image files or folders (searched recursively for every extension PIL
-reads; sub-folders are mirrored under OUT). Written per input NAME:
+reads; sub-folders are mirrored under OUT). NAME is the input's file name
+without its extension; when two inputs would share a NAME in one folder
+(``x.webp`` next to ``x.tiff``), both keep their extension (``x.webp.png``,
+``x.tiff.png``). Written per input NAME:
 
 * text removal: ``NAME.png``, the text-free image;
 * text segmentation: ``NAME_mask.png`` (white text) and ``NAME_overlay.png``;
 * tampered text detection: ``NAME_tamper.png`` (R background, G real, B
   tampered), ``NAME_overlay.png`` and ``NAME_regions.json``.
+
+Before any compute, every input image is decoded once (a corrupt file stops the
+run with the list of bad files; ``--skip_bad_images`` skips them and lists them
+at the end instead), OUT must be writable, and no output may overwrite an input
+(e.g. ``--output_dir`` equal to an input folder is refused).
 
 Only in a region (--boxes or --region_mask): text removal keeps every pixel
 outside it exactly as in the input (blended over --feather pixels inside its
@@ -32,11 +40,12 @@ input at the input's output name (``MASKS/sub/NAME.png`` for ``NAME`` in
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Sequence
 
-from absl import flags
+from absl import flags, logging
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -85,6 +94,10 @@ def define_flags(fv: flags.FlagValues,
   flags.DEFINE_integer("feather", regions.DEFAULT_FEATHER, "Text removal in a "
                        "region: pixels of blend just inside its border (0: "
                        "hard edge).", flag_values=fv)
+  flags.DEFINE_boolean("skip_bad_images", False, "Skip unreadable images "
+                       "and list them at the end (default: decode every "
+                       "input first and stop with the list of bad ones).",
+                       flag_values=fv)
   cli_flags.DEFINE_config(fv, argv, help_string="Optional config; the "
                           "checkpoint must match its model")
 
@@ -97,6 +110,9 @@ def _image_extensions() -> set[str]:
 def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
   """(path, output stem relative to OUT) for every image of files/folders.
 
+  The stem is the path (relative to its folder input) without the extension,
+  or with it when two inputs would otherwise share a stem (x.webp, x.tiff).
+
   Raises:
     ValueError / FileNotFoundError: no inputs, a missing path, a folder without
       images, or two inputs that would write the same output.
@@ -104,7 +120,7 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
   if not inputs:
     raise ValueError("no input: give image files and/or folders after the flags")
   exts = _image_extensions()
-  found = []
+  found = []  # (path, output name with the extension)
   for inp in inputs:
     if os.path.isdir(inp):
       n0 = len(found)
@@ -113,20 +129,64 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
         for f in sorted(files):
           if os.path.splitext(f)[1].lower() in exts:
             path = os.path.join(root, f)
-            found.append((path, os.path.splitext(os.path.relpath(path, inp))[0]))
+            found.append((path, os.path.relpath(path, inp)))
       if len(found) == n0:
         raise ValueError(f"{inp}: folder contains no image files")
     elif os.path.isfile(inp):
-      found.append((inp, os.path.splitext(os.path.basename(inp))[0]))
+      found.append((inp, os.path.basename(inp)))
     else:
       raise FileNotFoundError(f"{inp}: no such file or folder")
+  plain = collections.Counter(os.path.splitext(n)[0] for _, n in found)
+  named = [(path, os.path.splitext(n)[0] if plain[os.path.splitext(n)[0]] == 1
+            else n) for path, n in found]
   seen = {}
-  for path, stem in found:
+  for path, stem in named:
     if stem in seen:
       raise ValueError(f"{seen[stem]} and {path} would both write output "
                        f"{stem!r}; pass them in separate runs")
     seen[stem] = path
-  return found
+  return named
+
+
+def output_suffixes(task: str) -> tuple[str, ...]:
+  """What ``write_outputs`` appends to an input's stem for ``task``."""
+  if task == tasks.TASKS[tasks.TAMPERED]:
+    return ("_tamper.png", "_overlay.png", "_regions.json")
+  if task == tasks.TASKS[tasks.SEGMENTATION]:
+    return ("_mask.png", "_overlay.png")
+  return (".png",)
+
+
+def check_no_overwrite(inputs: Sequence[tuple[str, str]], out_dir: str,
+                       task: str) -> None:
+  """Raises ValueError if an output of ``task`` would replace an input file.
+
+  E.g. ``--output_dir`` equal to an input folder holding PNGs (text removal
+  writes NAME.png), or inside one where an earlier run's outputs became inputs.
+  """
+  sources = {os.path.realpath(p): p for p, _ in inputs}
+  for _, stem in inputs:
+    for suffix in output_suffixes(task):
+      out = os.path.realpath(os.path.join(out_dir, stem + suffix))
+      if out in sources:
+        raise ValueError(
+            f"--output_dir={out_dir} would overwrite input {sources[out]} "
+            f"(with the output of {task!r}); choose an --output_dir outside "
+            "the input folders")
+
+
+def check_images(inputs: Sequence[tuple[str, str]]) -> None:
+  """Decodes every input; ValueError listing all the unreadable ones."""
+  bad = []
+  for path, _ in inputs:
+    try:
+      load_image(path)
+    except (ValueError, FileNotFoundError) as e:
+      bad.append(str(e))
+  if bad:
+    raise ValueError(f"{len(bad)} of {len(inputs)} input images are "
+                     "unreadable (nothing was computed; --skip_bad_images "
+                     "skips them): " + "; ".join(bad))
 
 
 def find_region_masks(mask_dir: str, stems: Sequence[str]) -> list[str]:
@@ -202,25 +262,23 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray,
   if task == tasks.TASKS[tasks.TAMPERED]:
     tamper_map, found = result
     classes = postprocess.tamper_classes(output_map)
-    files = {base + "_tamper.png": tamper_map,
-             base + "_overlay.png": postprocess.tamper_overlay(image, classes,
-                                                               found)}
-    for p, im in files.items():
-      _save_png(p, im)
-    with open(base + "_regions.json", "w") as f:
+    images = [tamper_map, postprocess.tamper_overlay(image, classes, found)]
+  elif task == tasks.TASKS[tasks.SEGMENTATION]:
+    mask = postprocess.text_mask(output_map, predictor.seg_threshold)
+    images = [(mask * np.uint8(255)).astype(np.uint8),
+              postprocess.segmentation_overlay(image, mask)]
+  else:
+    images = [result]
+  # The same names check_no_overwrite looked at.
+  files = [base + s for s in output_suffixes(task)]
+  for p, im in zip(files, images):
+    _save_png(p, im)
+  if task == tasks.TASKS[tasks.TAMPERED]:
+    with open(files[2], "w") as f:
       json.dump({"image_size": [image.shape[1], image.shape[0]],
                  "box_format": "x_min, y_min, x_max, y_max (inclusive)",
                  "regions": found}, f, indent=1)
-    return list(files) + [base + "_regions.json"]
-  if task == tasks.TASKS[tasks.SEGMENTATION]:
-    mask = postprocess.text_mask(output_map, predictor.seg_threshold)
-    files = {base + "_mask.png": (mask * np.uint8(255)).astype(np.uint8),
-             base + "_overlay.png": postprocess.segmentation_overlay(image, mask)}
-  else:
-    files = {base + ".png": result}
-  for p, im in files.items():
-    _save_png(p, im)
-  return list(files)
+  return files
 
 
 def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
@@ -237,31 +295,48 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
       runner.resolve_weights_dir(fv.checkpoint))
   task = tasks.canonical_task(fv.task, list(saved.tasks))
   inputs = collect_inputs(list(argv[1:]))
+  check_no_overwrite(inputs, fv.output_dir, task)
+  cli_flags.check_writable_dir(fv.output_dir,
+                                   "choose another --output_dir")
+  if not fv.skip_bad_images:
+    check_images(inputs)
   region_flag, region_list = region_specs(fv, inputs)
   predictor = Predictor.from_checkpoint(
       fv.checkpoint, mode=fv.mode, image_size=fv.image_size, config=fv.config,
       batch_size=fv.batch_size, overlap=fv.overlap,
       seg_threshold=fv.seg_threshold, min_region_area=fv.min_region_area)
-  written = []
+  written, skipped = [], []
   # A chunk of batch_size images per step: full model batches in resize mode,
   # bounded host memory in tiled mode.
   step = predictor.batch_size
   with tqdm(total=len(inputs), desc=f"upocr-predict {task}", unit="img") as bar:
     for i in range(0, len(inputs), step):
-      chunk = inputs[i:i + step]
-      images = [load_image(p) for p, _ in chunk]
+      chunk, images, region_chunk = [], [], []
+      for (path, stem), region in zip(inputs[i:i + step],
+                                      region_list[i:i + step]):
+        try:
+          images.append(load_image(path))
+          chunk.append((path, stem))
+          region_chunk.append(region)
+        except (ValueError, FileNotFoundError) as e:
+          if not fv.skip_bad_images:
+            raise  # changed since check_images read it
+          logging.warning("skipping %s", e)
+          skipped.append(str(e))
       # Checked against the images' sizes before the model runs on them.
       weights = [regions.region_weights(r, *im.shape[:2], feather=fv.feather,
                                         name=f"{region_flag} on {p}")
-                 for (p, _), im, r in zip(chunk, images,
-                                          region_list[i:i + step])]
+                 for (p, _), im, r in zip(chunk, images, region_chunk)]
       maps = predictor.predict_maps(images, task)
       for (_, stem), image, m, w in zip(chunk, images, maps, weights):
         written += write_outputs(fv.output_dir, stem, image, m, task, predictor,
                                  w)
-      bar.update(len(chunk))
-  print(f"wrote {len(written)} files for {len(inputs)} images to "
-        f"{fv.output_dir}")
+      bar.update(len(inputs[i:i + step]))
+  print(f"wrote {len(written)} files for {len(inputs) - len(skipped)} images "
+        f"to {fv.output_dir}")
+  if skipped:
+    print(f"skipped {len(skipped)} unreadable images:\n  "
+          + "\n  ".join(skipped))
   return written
 
 

@@ -125,10 +125,12 @@ def tamper_regions(output: np.ndarray, min_area: int = 16) -> list[dict]:
     score = np.bincount(flat, weights=out[..., c].ravel(), minlength=n + 1)
     ys, xs = np.nonzero(labels)
     lab = labels[ys, xs]
-    y0 = np.full(n + 1, labels.shape[0]); x0 = np.full(n + 1, labels.shape[1])
-    y1 = np.full(n + 1, -1); x1 = np.full(n + 1, -1)
-    np.minimum.at(y0, lab, ys); np.minimum.at(x0, lab, xs)
-    np.maximum.at(y1, lab, ys); np.maximum.at(x1, lab, xs)
+    y0, x0 = np.full(n + 1, labels.shape[0]), np.full(n + 1, labels.shape[1])
+    y1, x1 = np.full(n + 1, -1), np.full(n + 1, -1)
+    np.minimum.at(y0, lab, ys)
+    np.minimum.at(x0, lab, xs)
+    np.maximum.at(y1, lab, ys)
+    np.maximum.at(x1, lab, xs)
     found = [{"class": tasks.TAMPER_CLASSES[c],
               "box": [int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])],
               "area": int(area[k]), "score": float(score[k] / area[k])}

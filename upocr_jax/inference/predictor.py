@@ -53,8 +53,44 @@ DEFAULT_IMAGE_SIZE = 512  # The paper's model size.
 ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike]
 
 
+# Pillow modes of more than 8 bits per sample, and their full-scale value.
+# "I" (32-bit int) holds 16-bit PNG/TIFF data in practice; "F" is taken as [0, 1].
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535,
+               "I;16N": 65535, "I": 65535, "F": 1}
+
+
+def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+  """uint8 RGB over a white page (transparent pixels are white, not black)."""
+  a = alpha.astype(np.float32)[..., None] / 255.0
+  out = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
+  return np.round(out).astype(np.uint8)
+
+
+def pil_to_rgb_uint8(img: Image.Image) -> np.ndarray:
+  """uint8 HxWx3 RGB of a PIL image as a scan or photo is meant to look.
+
+  EXIF rotation is applied; 16-bit (and 32-bit int) grey is scaled by its bit
+  depth instead of clipped at 255 (which made 16-bit scans all white);
+  transparency (RGBA, LA, palette with a transparent colour) is composited on
+  white instead of dropped.
+  """
+  img = ImageOps.exif_transpose(img)
+  if img.mode in _WIDE_MODES:
+    x = np.asarray(img).astype(np.float64)
+    full = _WIDE_MODES[img.mode]
+    if img.mode == "I" and x.max(initial=0) > 65535:  # genuinely 32-bit
+      full = 2 ** 32 - 1
+    grey = np.round(np.clip(x / full, 0, 1) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+      img.mode == "P" and "transparency" in img.info):
+    rgba = np.asarray(img.convert("RGBA"))
+    return _composite_on_white(rgba[..., :3], rgba[..., 3])
+  return np.asarray(img.convert("RGB"))
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-  """Reads any image PIL can open as uint8 HxWx3 RGB (EXIF rotation applied).
+  """Reads any image PIL can open as uint8 HxWx3 RGB (see pil_to_rgb_uint8).
 
   Raises:
     FileNotFoundError / ValueError: naming the file and what is wrong.
@@ -64,32 +100,33 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(f"{path}: no such file")
   try:
     with Image.open(path) as img:
-      img = ImageOps.exif_transpose(img)
-      return np.asarray(img.convert("RGB"))
+      return pil_to_rgb_uint8(img)
   except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors.
     raise ValueError(f"{path}: cannot read image ({e})") from e
 
 
 def to_rgb_uint8(image: ImageLike) -> np.ndarray:
-  """uint8 HxWx3 from a path, a PIL image or an array (HxW grey, HxWx3 RGB,
-  HxWx4 RGBA with alpha dropped; uint8 or float in [0, 1])."""
+  """uint8 HxWx3 from a path, a PIL image (both as :func:`pil_to_rgb_uint8`)
+  or an array (HxW grey, HxWx3 RGB, HxWx4 RGBA composited on white; uint8 or
+  float in [0, 1])."""
   if isinstance(image, (str, os.PathLike)):
     return load_image(image)
   if isinstance(image, Image.Image):
-    return np.asarray(image.convert("RGB"))
+    return pil_to_rgb_uint8(image)
   x = np.asarray(image)
   if x.ndim == 2:
     x = np.repeat(x[..., None], 3, axis=-1)
   if x.ndim != 3 or x.shape[-1] not in (3, 4) or 0 in x.shape[:2]:
     raise ValueError(f"image must be HxW, HxWx3 or HxWx4, got shape {x.shape}")
-  x = x[..., :3]
-  if x.dtype == np.uint8:
-    return x
   if np.issubdtype(x.dtype, np.floating):
     if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
       raise ValueError("float images must be in [0, 1]")
-    return np.round(x * 255).astype(np.uint8)
-  raise ValueError(f"image dtype must be uint8 or float, got {x.dtype}")
+    x = np.round(x * 255).astype(np.uint8)
+  elif x.dtype != np.uint8:
+    raise ValueError(f"image dtype must be uint8 or float, got {x.dtype}")
+  if x.shape[-1] == 4:
+    return _composite_on_white(x[..., :3], x[..., 3])
+  return x
 
 
 class Predictor:

@@ -10,6 +10,7 @@ prediction can read a workdir without the optimizer (see
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import grain
@@ -19,6 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+# Orbax writes step N into ``N.orbax-checkpoint-tmp-<time>`` and renames it to
+# ``N`` once complete; a folder still so named is a save that was cut short.
+_INCOMPLETE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 
 
 def _array_handlers():
@@ -62,14 +66,28 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
+def incomplete_saves(workdir: str) -> list[str]:
+  """Names of the checkpoint folders of saves that never completed."""
+  d = checkpoint_dir(workdir)
+  if not os.path.isdir(d):
+    return []
+  return sorted(n for n in os.listdir(d) if _INCOMPLETE.match(n))
+
+
 class Checkpointer:
-  """Saves every ``every`` steps (and on demand), keeps the last ``keep``."""
+  """Saves every ``every`` steps (and on demand), keeps the last ``keep``.
+
+  ``incomplete``: the saves cut short by a kill (``N.orbax-checkpoint-tmp-*``)
+  found at start; they are deleted, so a resume uses the last complete step.
+  """
 
   def __init__(self, workdir: str, every: int, keep: int,
                async_save: bool = True):
+    self.incomplete = incomplete_saves(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=max(every, 1),
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
     self.manager = _manager(workdir, options)
 
   def latest_step(self) -> int | None:

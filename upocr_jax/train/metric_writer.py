@@ -43,8 +43,8 @@ class MetricWriter:
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      lines = [l for l in f if l.strip()]
-    keep = [l for l in lines if json.loads(l)["step"] <= step]
+      lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if json.loads(line)["step"] <= step]
     if len(keep) != len(lines):
       logging.info("metrics.jsonl: dropping %d lines past step %d",
                    len(lines) - len(keep), step)

@@ -4,9 +4,12 @@ Start-up checks the whole config (``config_checks``; errors name the field)
 before anything compiles,
 builds the mesh and the sharded state, resumes from ``WORKDIR/checkpoints``
 when a checkpoint exists (params, optimizer and data iterator), otherwise
-starts fresh (optionally from ``config.init_from``). SIGTERM saves a checkpoint
-at the current step and returns; a non-finite loss stops with an error naming
-the step and the loss terms, leaving the last good checkpoint in place.
+starts fresh (optionally from ``config.init_from``). SIGTERM or Ctrl-C
+(SIGINT) saves a checkpoint at the current step and returns (a second Ctrl-C
+aborts at once); a save cut short by a kill is ignored on resume (the last
+complete checkpoint is used) and ``metrics.jsonl`` loses the rows past it. A
+non-finite loss stops with an error naming the step and the loss terms,
+leaving the last good checkpoint in place.
 """
 
 from __future__ import annotations
@@ -92,27 +95,44 @@ def synced_call(name: str, fn, *args):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag that the loop checks every step."""
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks every step.
+
+  The loop then checkpoints at the step reached and stops. A second SIGINT
+  raises KeyboardInterrupt at once, for a user who will not wait for the save.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._old = None
+    self.signal_name: str | None = None
+    self.stopped_at: int | None = None
+    self._old: dict[int, Any] = {}
 
   def __enter__(self):
     try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      for s in self.SIGNALS:
+        self._old[s] = signal.signal(s, self._handle)
     except ValueError:  # not the main thread: leave signals alone
-      self._old = None
+      self._restore()
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint at the current step")
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("%s: saving a checkpoint at the current step (a second "
+                    "Ctrl-C aborts without it)", self.signal_name)
+
+  def _restore(self):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+    self._old = {}
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    self._restore()
 
 
 def _load_vgg(config, mesh):
@@ -166,6 +186,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir, enabled=is_main)
 
   start = ckpt.latest_step()
+  if ckpt.incomplete:
+    logging.warning(
+        "%s: ignoring (and deleting) incomplete checkpoint save(s) %s of an "
+        "interrupted run; %s", checkpoint.checkpoint_dir(workdir),
+        ", ".join(ckpt.incomplete),
+        f"the last complete one is step {start}" if start is not None
+        else "there is no complete one: starting fresh")
   if start is not None:
     logging.info("resuming from step %d in %s", start, workdir)
     abstract_opt = checkpoint.abstract_like(jax.eval_shape(
@@ -178,6 +205,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     writer.truncate_after(start)
   else:
     start = 0
+    # Rows of a run killed before its first checkpoint would be replayed.
+    writer.truncate_after(0)
     params = (_init_from(config, setup) if config.init_from
               else synced_call("init_params", setup.init_params))
     opt_state = synced_call("init_opt_state", setup.init_opt_state, params)
@@ -198,6 +227,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     # Also on errors: finish pending async saves (the last good checkpoint).
     ckpt.close()
     writer.close()
+  if preempt.stopped_at is not None:
+    # After close(): the checkpoint named here is complete on disk.
+    logging.warning(
+        "%s: stopped at step %d of %d; checkpoint %s written; run the same "
+        "command to resume", preempt.signal_name, preempt.stopped_at,
+        config.train.steps, os.path.join(checkpoint.checkpoint_dir(workdir),
+                                         str(preempt.stopped_at)))
   return last
 
 
@@ -244,7 +280,7 @@ def _loop(config, step_fn, params, opt_state, vgg_params, data_iter, ckpt,
       ckpt.save(step, params, opt_state, data_iter, config, force=True)
     hooks.after_step(step, params, writer, last_step=step == total)
     if preempt.requested:
-      logging.warning("preempted at step %d: checkpoint written", step)
+      preempt.stopped_at = step
       break
   return last
 
