@@ -53,11 +53,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repo root, for configs/ and benchmarks/
 
 from benchmarks import vs_pytorch_common as common  # noqa: E402
+from upocr_jax import cli_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "upocr.py") + ":paper",
-    "Config file and variant (default: the paper model); fields are "
-    "overridden with --config.a.b=value.", lock_config=True)
+_CONFIG = cli_flags.DEFINE_config(
+    flags.FLAGS, default="paper",
+    help_string="Config to time (default: the paper model)")
+flags.declare_key_flag("config")  # listed by --help with this script's flags
 _OFFICIAL = flags.DEFINE_string(
     "official", None, "Path of a local checkout of the official UPOCR "
     "repository (needed unless --side=ours).")
