@@ -84,6 +84,13 @@ def eval_mesh(model: UPOCR, config: ml_collections.ConfigDict
   ``config`` whose ``data.eval_batch_size`` is rounded up to a multiple of
   the batch shards (the extra positions are padding, masked out)."""
   mesh, par = runner.place_on_mesh(model, config)
+  return mesh, _eval_config(config, mesh, par)
+
+
+def _eval_config(config: ml_collections.ConfigDict, mesh: Mesh,
+                 par: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``par``'s sharding section and the eval batch rounded up
+  to a multiple of the batch shards of ``mesh``."""
   n = sharding.num_batch_shards(mesh, par)
   config = ml_collections.ConfigDict(config.to_dict())
   if "sharding" not in config:
@@ -93,7 +100,7 @@ def eval_mesh(model: UPOCR, config: ml_collections.ConfigDict
     logging.warning("config.data.eval_batch_size %d does not divide over %d "
                     "batch shards: using %d", size, n, -(-size // n) * n)
     config.data.eval_batch_size = -(-size // n) * n
-  return mesh, config
+  return config
 
 
 def _clean(v: Any) -> Any:
@@ -141,8 +148,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
     cli_flags.check_writable_dir(
         out_dir, "choose another --output_dir" if fv.output_dir else
         "the default is CHECKPOINT/eval/DATASET; pass --output_dir")
-  model = runner.load_model(fv.checkpoint, fv.config.model)
-  mesh, config = eval_mesh(model, fv.config)
+  # Restored straight into its shardings: never whole on one device.
+  model, mesh, par = runner.load_on_mesh(fv.checkpoint, fv.config)
+  config = _eval_config(fv.config, mesh, par)
   tasks = EVAL_DATASETS[fv.dataset]
   if fv.task:
     tasks = (canonical_task(fv.task, list(tasks)),)

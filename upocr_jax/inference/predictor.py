@@ -186,11 +186,14 @@ class Predictor:
       image_size: model size; default ``config.data.image_size`` when a config
         is given, else 512 (the paper's).
       config: optional full config; the checkpoint must match its
-        ``config.model`` (a ValueError names the differing fields).
+        ``config.model`` (a ValueError names the differing fields), and is
+        loaded sharded on its mesh (see ``Predictor``'s ``config``).
       **kwargs: the other ``Predictor`` arguments.
     """
-    model = runner.load_model(checkpoint,
-                                 None if config is None else config.model)
+    # Restored straight into the mesh's shardings (never whole on a device);
+    # __init__'s placement then finds every array in place.
+    model, _, _ = runner.load_on_mesh(checkpoint, config,
+                                      kwargs.get("devices"))
     if image_size is None:
       image_size = (config.data.image_size if config is not None
                     and "data" in config else DEFAULT_IMAGE_SIZE)

@@ -2,9 +2,11 @@
 
 * :func:`resolve_weights_dir`: ``--checkpoint`` accepts a weight directory or a
   training workdir (read through its latest checkpoint).
-* :func:`place_on_mesh`: the mesh of ``config.mesh`` with the model's
-  parameters sharded by ``config.sharding`` as training shards them (data
-  parallel over all devices when the config has none).
+* :func:`load_on_mesh`: the mesh of ``config.mesh`` and the model restored
+  straight into the shardings training gives its parameters
+  (``config.sharding``; data parallel over all devices when the config has
+  none), never whole on one device; :func:`place_on_mesh` does the same for a
+  model already in memory.
 * :func:`forward` / :func:`predict_batches`: the jitted model call returning the
   clamped full-resolution output, and a batched host loop around it with a fixed
   batch shape (one compilation whatever the number of images).
@@ -66,6 +68,35 @@ def load_model(checkpoint: str,
   return weight_dir.load_weights(resolve_weights_dir(checkpoint), model_config)
 
 
+def load_on_mesh(checkpoint: str,
+                 config: ml_collections.ConfigDict | None = None,
+                 devices: Sequence[jax.Device] | None = None
+                 ) -> tuple[UPOCR, Mesh, ml_collections.ConfigDict]:
+  """Loads a checkpoint's model sharded on the mesh of ``config``.
+
+  Each array is restored directly into its sharding (a device reads only its
+  slices of the checkpoint), so a model that only fits sharded can be
+  evaluated.
+
+  Args:
+    checkpoint: see :func:`resolve_weights_dir`.
+    config: full config: ``config.model`` must match the checkpoint, and its
+      ``mesh`` / ``sharding`` sections place the model (see
+      :func:`parallel_config`). None: the saved model config, data parallel.
+    devices: the mesh's devices (default: all).
+  Returns:
+    (model, mesh, the parallel config used: ``mesh`` and ``sharding``).
+  """
+  weights = resolve_weights_dir(checkpoint)
+  par = parallel_config(config)
+  mesh = sharding.make_mesh(par, devices)
+  model_config = (config.model if config is not None and "model" in config
+                  else None)
+  model = weight_dir.load_weights(weights, model_config, mesh=mesh,
+                                  parallel=par)
+  return model, mesh, par
+
+
 def parallel_config(config: ml_collections.ConfigDict | None
                     ) -> ml_collections.ConfigDict:
   """The ``mesh`` and ``sharding`` sections of ``config``; data parallel over
@@ -99,8 +130,11 @@ def place_on_mesh(model: nnx.Module,
   mesh = sharding.make_mesh(par, devices)
   state = nnx.state(model)
   shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh, par))
-  nnx.replace_by_pure_dict(
-      state, jax.device_put(nnx.to_pure_dict(state), shardings))
+  # Arrays already in place (a model from load_on_mesh) are left untouched.
+  placed = jax.tree.map(
+      lambda x, s: x if getattr(x, "sharding", None) == s
+      else jax.device_put(x, s), nnx.to_pure_dict(state), shardings)
+  nnx.replace_by_pure_dict(state, placed)
   nnx.update(model, state)
   return mesh, par
 

@@ -128,7 +128,12 @@ def _restore_items(workdir: str, step: int | None, **items) -> tuple[dict, int]:
 
 def read_params(workdir: str, abstract_params: Any,
                 step: int | None = None) -> tuple[Any, dict, int]:
-  """(params, config dict, step) of a run's latest (or given) checkpoint."""
+  """(params, config dict, step) of a run's latest (or given) checkpoint.
+
+  The params are restored into ``abstract_params``' shardings (each device
+  reads its own slices), or whole on the default device where its
+  ShapeDtypeStructs have none.
+  """
   out, step = _restore_items(workdir, step, params=_restore(abstract_params),
                              config=ocp.args.JsonRestore())
   return out["params"], out["config"], step

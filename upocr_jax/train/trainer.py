@@ -146,9 +146,12 @@ def _load_vgg(config, mesh):
   return graphdef, state
 
 
-def _init_from(config, setup) -> Any:
+def _init_from(config, setup, mesh) -> Any:
   logging.info("initialising from %s", config.init_from)
-  model = weight_dir.load_weights(config.init_from, config.model)
+  # Restored straight into the training shardings (never whole on a device);
+  # the device_put is then a no-op.
+  model = weight_dir.load_weights(config.init_from, config.model, mesh=mesh,
+                                  parallel=config)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return jax.device_put(params, setup.param_shardings)
 
@@ -207,7 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     start = 0
     # Rows of a run killed before its first checkpoint would be replayed.
     writer.truncate_after(0)
-    params = (_init_from(config, setup) if config.init_from
+    params = (_init_from(config, setup, mesh) if config.init_from
               else synced_call("init_params", setup.init_params))
     opt_state = synced_call("init_opt_state", setup.init_opt_state, params)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

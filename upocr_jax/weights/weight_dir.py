@@ -11,6 +11,11 @@ Layout of a weight directory (what ``upocr-convert`` writes and what
 ``load_weights`` and ``read_model_config`` also accept a training workdir (a
 directory with ``checkpoints/``): they read the params and config of its latest
 checkpoint.
+
+Given a mesh, ``load_weights`` restores every array straight into its sharding
+(the model's parameters by ``config.sharding.rules`` as training shards them,
+the VGG replicated): each device reads only its own slices, so a model that
+only fits sharded is never whole on one device.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh
 
+from upocr_jax import sharding
 from upocr_jax.train import checkpoint
 from upocr_jax.models import UPOCR, VGG16Features
 from upocr_jax.models.layers import FrozenParam
@@ -104,9 +111,21 @@ def _merge(abstract: nnx.Module, values: dict[str, Any]) -> nnx.Module:
   return nnx.merge(graphdef, state)
 
 
+def _targets(abstract: dict[str, Any], shardings: Any) -> dict[str, Any]:
+  """ShapeDtypeStructs to restore into: with ``shardings`` (a matching tree of
+  shardings, or None for orbax's default placement)."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        abstract)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract, shardings)
+
+
 def load_weights(weights_dir: str,
                  model_config: ml_collections.ConfigDict | None = None,
-                 with_vgg: bool = False):
+                 with_vgg: bool = False, mesh: Mesh | None = None,
+                 parallel: ml_collections.ConfigDict | None = None):
   """Loads a weight directory.
 
   Args:
@@ -116,23 +135,31 @@ def load_weights(weights_dir: str,
       ...); must describe the same architecture as the saved one. Defaults to
       the saved config.
     with_vgg: also return the VGG16 features (None if the directory has none).
+    mesh: restore straight onto this mesh: the model's parameters sharded by
+      ``parallel``'s rules (as ``sharding.state_shardings``), the VGG
+      replicated. None: orbax's default placement.
+    parallel: a config with ``mesh`` and ``sharding`` sections (the rules);
+      required with ``mesh``.
 
   Returns:
     The UPOCR model, or (model, vgg) when ``with_vgg``.
   """
+  if mesh is not None and (parallel is None or "sharding" not in parallel):
+    raise ValueError("load_weights: a mesh needs `parallel`, a config with "
+                     "a sharding section (config.sharding.rules)")
   saved = read_model_config(weights_dir)
   cfg = saved if model_config is None else model_config
   _check_same_architecture(saved, cfg, weights_dir)
+  abstract = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
+  model_sh = None if mesh is None else nnx.to_pure_dict(
+      sharding.state_shardings(nnx.state(abstract, nnx.Param), mesh, parallel))
+  model_target = _targets(_pure(abstract, nnx.Param), model_sh)
   if is_workdir(weights_dir):
-    abstract = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          _pure(abstract, nnx.Param))
-    params, _, _ = checkpoint.read_params(weights_dir, target)
+    params, _, _ = checkpoint.read_params(weights_dir, model_target)
     model = _merge(abstract, params)
     return (model, None) if with_vgg else model
   params_dir = os.path.join(os.path.abspath(weights_dir), PARAMS_DIR)
-  abstract = nnx.eval_shape(lambda: UPOCR(cfg, rngs=nnx.Rngs(0)))
-  target = {"model": _pure(abstract, nnx.Param)}
+  target = {"model": model_target}
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(params_dir)
     tree_meta = getattr(meta, "item_metadata", meta)
@@ -141,9 +168,9 @@ def load_weights(weights_dir: str,
     vgg_abs = None
     if has_vgg:
       vgg_abs = nnx.eval_shape(lambda: VGG16Features(rngs=nnx.Rngs(0)))
-      target["vgg"] = _pure(vgg_abs, FrozenParam)
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+      vgg_pure = _pure(vgg_abs, FrozenParam)
+      target["vgg"] = _targets(vgg_pure, None if mesh is None else jax.tree.map(
+          lambda _: sharding.replicated(mesh), vgg_pure))
     restored = ckptr.restore(params_dir, target)
   model = _merge(abstract, restored["model"])
   if not with_vgg:
