@@ -20,6 +20,7 @@ from flax import nnx
 from tests import inference_helpers as helpers
 from upocr_jax import sharding
 from upocr_jax.evaluation import cli as eval_cli
+from upocr_jax.evaluation import evaluate
 from upocr_jax.inference import runner
 from upocr_jax.inference.predictor import Predictor
 from upocr_jax.models import UPOCR
@@ -167,7 +168,7 @@ def test_eval_cli_on_fsdp_mesh_matches_one_device(
   def counted_load(*args, **kwargs):
     with device_put_bytes.counting():
       return load(*args, **kwargs)
-  monkeypatch.setattr(evaluate.runner, "load_on_mesh", counted_load)
+  monkeypatch.setattr(eval_cli.runner, "load_on_mesh", counted_load)
   got = eval_cli.main([
       "upocr-eval", "--config=tiny", "--config.mesh.shape=(1,8,1)",
       "--config.data.synthetic.num_eval=5", "--checkpoint", workdir,
