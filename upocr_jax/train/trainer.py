@@ -179,6 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir, enabled=is_main)
 
   if start is not None:
+    logging.info("resuming from step %d in %s", start, workdir)
     _say(is_main, f"resuming from checkpoint "
          f"{os.path.join(checkpoint.checkpoint_dir(workdir), str(start))} "
          f"(step {start} of {config.train.steps})")
