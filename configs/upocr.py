@@ -10,7 +10,9 @@ one of
   minutes on two cores).
 
 Any field can be overridden on the command line, e.g.
-``--config.train.steps=100 --config.model.dtype=bfloat16``.
+``--config.train.steps=1000 --config.model.dtype=bfloat16``; a run shorter
+than the warm-up also sets ``--config.optim.warmup_steps`` (the error says
+so).
 """
 
 import ml_collections

@@ -53,6 +53,12 @@ class DataError(ValueError):
     self.path = str(path)
     self.problem = problem
 
+  def __reduce__(self):
+    # Rebuilt from both fields: grain's worker processes pickle the error to
+    # re-raise it in the main process (the default would call
+    # DataError(message) and fail there with a TypeError).
+    return (DataError, (self.path, self.problem))
+
 
 def textseg_target(label: np.ndarray) -> np.ndarray:
   """TextSeg label (H, W) or (H, W, 3) uint8 -> RGB target (H, W, 3) uint8."""

@@ -199,6 +199,8 @@ def test_convert_cli_vgg_in_strict_mode_and_errors_name_the_flags(
   # Strict with --vgg: the checkpoint needs no vgg16.* keys.
   out = tmp_path / "weights"
   convert.main(argv + [f"--vgg={tmp_path / 'vgg16.npz'}", f"--out={out}"])
+  # The config's image size (tiny: 64) is prediction's default for it.
+  assert weight_dir.read_image_size(str(out)) == 64
   model, vgg = weight_dir.load_weights(str(out), with_vgg=True)
   assert_same(model, reference[0])
   for k, v in flat(vgg, FrozenParam).items():

@@ -25,6 +25,7 @@ Flag names use underscores (``--output_dir``, ``--batch_size``); booleans are
 from __future__ import annotations
 
 import importlib.util
+import logging as std_logging
 import os
 import sys
 import tempfile
@@ -38,9 +39,13 @@ import upocr_jax
 
 # configs/ is installed beside upocr_jax/ (setup.py packages both), and sits
 # beside it in a checkout; found by path so the library never imports configs.
-BUNDLED_CONFIG_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(upocr_jax.__file__))),
-    "configs")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(
+    upocr_jax.__file__)))
+BUNDLED_CONFIG_DIR = os.path.join(_PACKAGE_ROOT, "configs")
+# Log records from files under these are ours; any other is a library's.
+OWN_SOURCE_DIRS = tuple(os.path.join(_PACKAGE_ROOT, d) + os.sep for d in
+                        ("upocr_jax", "input_pipeline", "configs",
+                         "benchmarks"))
 DEFAULT_CONFIG_FILE = "upocr.py"  # What a bare variant name refers to.
 _HELP_ARGS = ("--help", "-help", "--helpshort", "-helpshort", "-?", "-h")
 CONFIG_HELP = "tiny, paper, upocr:tiny (bundled) or FILE.py[:ARG]"
@@ -203,7 +208,7 @@ def help_text(usage: str, fv: flags.FlagValues, names: Sequence[str]) -> str:
     lines += ["", "Any config field is set with --config.FIELD=VALUE, e.g. "
               "--config.data.image_size=128."]
   lines += ["", "Flag names use underscores; --helpfull also lists absl's "
-            "own flags (logging etc.)."]
+            "own flags (logging: verbosity=0 adds the libraries' INFO logs)."]
   return "\n".join(lines) + "\n"
 
 
@@ -212,6 +217,28 @@ def entry_help(usage: str, define_flags: Callable[..., None]) -> str:
   fv = flags.FlagValues()
   define_flags(fv, [sys.argv[0]])
   return help_text(usage, fv, [n for n in fv if "." not in n])
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+  """Passes warnings and errors, and INFO/DEBUG records of our own files."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING
+            or os.path.abspath(record.pathname).startswith(OWN_SOURCE_DIRS))
+
+
+_LIBRARY_INFO_FILTER = _LibraryInfoFilter()
+
+
+def quiet_library_logging() -> None:
+  """Our INFO lines print; the libraries' only from WARNING up.
+
+  orbax, grain, tensorflow_datasets and jax all log through absl's handler
+  (absl's logger or Python's root logger), so one filter on that handler sorts
+  their records from ours by the file that logged them.
+  """
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_LIBRARY_INFO_FILTER)
 
 
 def run(prog: str, usage: str, define_flags: Callable[..., None],
@@ -229,8 +256,9 @@ def run(prog: str, usage: str, define_flags: Callable[..., None],
       parsed flags.
     user_errors: exceptions printed as one line ``PROG: error: ...`` instead
       of a traceback (flag errors and UsageError always are).
-    quiet_logging: absl INFO logging (orbax's chatter) is hidden unless
-      --verbosity is given.
+    quiet_logging: the libraries' INFO logs (orbax's chatter) are hidden,
+      ours kept (:func:`quiet_library_logging`), unless --verbosity is given
+      (e.g. --verbosity=0: everyone's INFO).
   """
   before = set(flags.FLAGS)
   define_flags(flags.FLAGS)
@@ -250,7 +278,7 @@ def run(prog: str, usage: str, define_flags: Callable[..., None],
 
   def app_main(argv: list[str]) -> None:
     if quiet_logging and not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)
+      quiet_library_logging()
     try:
       main(argv, flags.FLAGS)
     except errors as e:

@@ -99,9 +99,13 @@ def check_optim(optim_config: ml_collections.ConfigDict,
         f"config.optim.warmup_steps ({optim_config.warmup_steps}) must be "
         f"multiples of config.optim.steps_per_epoch ({k})")
   if not 0 <= optim_config.warmup_steps < num_steps:
-    raise ConfigError(f"config.optim.warmup_steps "
-                      f"({optim_config.warmup_steps}) must be in [0, "
-                      f"total_steps={num_steps})")
+    # Not shortened silently: the warm-up is part of the recipe (the tiny
+    # demo's 600 steps keep it off a constant-output plateau).
+    raise ConfigError(
+        f"config.optim.warmup_steps ({optim_config.warmup_steps}) must be in "
+        f"[0, {num_steps}), shorter than the lr schedule (config.train.steps, "
+        "or config.optim.total_steps when > 0): set it for this run, e.g. "
+        f"--config.optim.warmup_steps={num_steps // 5 // k * k}")
 
 
 def check_data(data_config: ml_collections.ConfigDict) -> None:
@@ -126,6 +130,12 @@ def check_data(data_config: ml_collections.ConfigDict) -> None:
                         f"{t.batch_size}")
   if not any(d[key].batch_size for key in tasks.TASK_KEYS):
     raise ConfigError("config.data: every task has batch_size 0")
+  s = d.synthetic
+  if (any(d[key].source == "synthetic" for key in tasks.TASK_KEYS)
+      and not 16 <= s.min_size <= s.max_size):
+    raise ConfigError(f"config.data.synthetic.min_size ({s.min_size}) and "
+                      f"max_size ({s.max_size}) must satisfy 16 <= min_size "
+                      "<= max_size")
 
 
 def check_train(train_config: ml_collections.ConfigDict) -> None:

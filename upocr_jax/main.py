@@ -11,7 +11,9 @@ Examples:
   # needed): memory per chip, collectives, FLOPs, a roofline estimate.
   upocr-train --config=paper --compile_only --topology=v5e:2x2
 
-A run resumes from the checkpoints it finds in --workdir. Only parses flags;
+A run resumes from the checkpoints it finds in --workdir (a finished one says
+so and stops). A mistake in the config, the data or a weight file stops with
+one line naming the field or file. Only parses flags;
 the work is in ``upocr_jax.train.trainer.run`` and ``upocr_jax.fit.report.run``.
 """
 
@@ -21,9 +23,21 @@ from typing import Sequence
 
 from absl import flags
 
+from input_pipeline.schema import DataError
 from upocr_jax import cli_flags
+from upocr_jax import config_checks
+from upocr_jax import sharding
 from upocr_jax.fit import report as fit_report
+from upocr_jax.fit import topologies
 from upocr_jax.train import trainer
+from upocr_jax.weights.state_dict import StrictLoadError
+
+# What a user can cause (a config field, a data set, a weight file, a missing
+# package, a learning rate that diverges): printed as one line naming it. Any
+# other exception is a bug and keeps its traceback.
+USER_ERRORS = (config_checks.ConfigError, sharding.ShardingConfigError,
+               DataError, StrictLoadError, FileNotFoundError, ImportError,
+               trainer.NonFiniteLossError)
 
 
 def define_flags(fv: flags.FlagValues,
@@ -52,6 +66,11 @@ def main(argv: Sequence[str], fv: flags.FlagValues) -> None:
     raise cli_flags.UsageError(f"unexpected arguments: {argv[1:]}")
   if fv.compile_only:
     cli_flags.require(fv, "config")
+    if fv.topology:
+      try:
+        topologies.get(fv.topology)
+      except ValueError as e:
+        raise cli_flags.UsageError(str(e)) from e
     fit_report.run(fv.config, fv.topology, fv.suggest)
     return
   if fv.topology or fv.suggest:
@@ -62,9 +81,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues) -> None:
 
 def run_main() -> None:
   """Console-script entry point (``upocr-train``)."""
-  # Training errors keep their tracebacks; only flag errors are one line.
-  cli_flags.run("upocr-train", __doc__, define_flags, main, user_errors=(),
-                quiet_logging=False)
+  cli_flags.run("upocr-train", __doc__, define_flags, main,
+                user_errors=USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ def define_flags(fv: flags.FlagValues,
                     flag_values=fv)
   flags.DEFINE_integer("batch_size", 8, "Images (resize) or tiles (tiled) per "
                        "model call.", flag_values=fv)
-  flags.DEFINE_integer("image_size", None, "Model size (default: the config's "
-                       "data.image_size, else 512).", flag_values=fv)
+  flags.DEFINE_integer("image_size", None, "Model size (default: the size "
+                       "the checkpoint was trained/saved at, else the "
+                       "config's data.image_size, else 512).", flag_values=fv)
   flags.DEFINE_integer("overlap", None, "Minimum tile overlap in pixels "
                        "(default image_size // 4).", flag_values=fv)
   flags.DEFINE_float("seg_threshold", tasks.SEG_THRESHOLD, "Text where "

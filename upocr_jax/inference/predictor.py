@@ -38,6 +38,7 @@ from typing import Sequence, Union
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image, ImageOps
 
 from upocr_jax import tasks
@@ -47,6 +48,7 @@ from upocr_jax.inference import tiling
 from upocr_jax.inference.image_ops import resize_bilinear, to_uint8_like_official
 from upocr_jax.inference.postprocess import tamper_regions
 from upocr_jax.models import UPOCR
+from upocr_jax.weights import weight_dir
 
 MODES = ("resize", "tiled")
 DEFAULT_IMAGE_SIZE = 512  # The paper's model size.
@@ -129,6 +131,19 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
   return x
 
 
+def _default_image_size(checkpoint: str,
+                        config: ml_collections.ConfigDict | None
+                        ) -> tuple[int, str]:
+  """(size, where it comes from) for a checkpoint without an explicit size."""
+  source = runner.resolve_weights_dir(checkpoint)
+  saved = weight_dir.read_image_size(source)
+  if saved is not None:
+    return saved, f"the size {source} was saved with"
+  if config is not None and "data" in config:
+    return config.data.image_size, "the config's data.image_size"
+  return DEFAULT_IMAGE_SIZE, (f"the paper's; {source} records no image size")
+
+
 class Predictor:
   """Batched inference of one UPOCR model on images of any size.
 
@@ -183,8 +198,10 @@ class Predictor:
     Args:
       checkpoint: weight directory, or training workdir (latest checkpoint).
       mode: 'resize' or 'tiled'.
-      image_size: model size; default ``config.data.image_size`` when a config
-        is given, else 512 (the paper's).
+      image_size: model size; default the size the checkpoint was saved with
+        (a workdir's ``config.data.image_size``; a weight directory's, see
+        ``weight_dir.read_image_size``), else ``config.data.image_size`` when
+        a config is given, else 512 (the paper's). The size used is logged.
       config: optional full config; the checkpoint must match its
         ``config.model`` (a ValueError names the differing fields), and is
         loaded sharded on its mesh (see ``Predictor``'s ``config``).
@@ -195,8 +212,10 @@ class Predictor:
     model, _, _ = runner.load_on_mesh(checkpoint, config,
                                       kwargs.get("devices"))
     if image_size is None:
-      image_size = (config.data.image_size if config is not None
-                    and "data" in config else DEFAULT_IMAGE_SIZE)
+      image_size, origin = _default_image_size(checkpoint, config)
+      # Said every time: resize mode's outputs depend on it.
+      logging.info("image size %d (%s; --image_size sets another)",
+                   image_size, origin)
     return cls(model, image_size=image_size, mode=mode, config=config,
                **kwargs)
 

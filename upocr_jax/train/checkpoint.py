@@ -9,6 +9,7 @@ prediction can read a workdir without the optimizer (see
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -116,10 +117,25 @@ class Checkpointer:
     self.manager.close()
 
 
+class _ReadOnlyNoteFilter(logging.Filter):
+  """Drops orbax's warning that a read-only manager's directory is read only
+  (we ask for one to read a run; evaluation and prediction printed it every
+  time)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+_READ_ONLY_NOTE_FILTER = _ReadOnlyNoteFilter()
+
+
 def _restore_items(workdir: str, step: int | None, **items) -> tuple[dict, int]:
   """Restores the named items of a run's latest (or given) checkpoint."""
+  # orbax logs through absl's logger (no-op when already added).
+  logging.getLogger("absl").addFilter(_READ_ONLY_NOTE_FILTER)
+  # save_interval_steps=0: what read_only sets anyway, with a warning.
   with _manager(workdir, ocp.CheckpointManagerOptions(
-      create=False, read_only=True)) as mngr:
+      create=False, read_only=True, save_interval_steps=0)) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{checkpoint_dir(workdir)} has no checkpoint")

@@ -69,13 +69,17 @@ class MetricWriter:
 
 
 def format_line(step: int, total: int, m: Mapping[str, float],
-                steps_per_s: float, images_per_s: float) -> str:
-  """One human-readable progress line."""
-  eta = (total - step) / steps_per_s if steps_per_s > 0 else float("inf")
-  h, rem = divmod(int(eta) if math.isfinite(eta) else 0, 3600)
+                steps_per_s: float | None, images_per_s: float | None) -> str:
+  """One human-readable progress line; rates and ETA only once steps have been
+  timed (``steps_per_s`` None: the window held only the compiling step)."""
   terms = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(m.items())
                    if k.startswith("loss/") and k != "loss/total")
-  return (f"step {step}/{total} loss={m.get('loss', float('nan')):.4f} "
+  line = (f"step {step}/{total} loss={m.get('loss', float('nan')):.4f} "
           f"[{terms}] grad_norm={m.get('grad_norm', float('nan')):.3g} "
-          f"lr={m.get('lr', float('nan')):.3g} {steps_per_s:.2f} steps/s "
-          f"{images_per_s:.1f} img/s ETA {h}h{rem // 60:02d}m{rem % 60:02d}s")
+          f"lr={m.get('lr', float('nan')):.3g}")
+  if not steps_per_s or steps_per_s <= 0:
+    return line
+  eta = (total - step) / steps_per_s
+  h, rem = divmod(int(eta), 3600)
+  return (f"{line} {steps_per_s:.2f} steps/s {images_per_s or 0.0:.1f} img/s "
+          f"ETA {h}h{rem // 60:02d}m{rem % 60:02d}s")

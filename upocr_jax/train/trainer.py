@@ -150,8 +150,12 @@ def _init_from(config, setup, mesh) -> Any:
   logging.info("initialising from %s", config.init_from)
   # Restored straight into the training shardings (never whole on a device);
   # the device_put is then a no-op.
-  model = weight_dir.load_weights(config.init_from, config.model, mesh=mesh,
-                                  parallel=config)
+  try:
+    model = weight_dir.load_weights(config.init_from, config.model, mesh=mesh,
+                                    parallel=config)
+  except (FileNotFoundError, config_checks.ConfigError) as e:
+    # The same error, naming the field that pointed there.
+    raise type(e)(f"config.init_from: {e}") from e
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return jax.device_put(params, setup.param_shardings)
 
@@ -172,6 +176,24 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
                len(devices), jax.process_count())
+  # Looked at first: a finished run started again stops before building
+  # anything (reading the data sets' headers, loading the VGG, compiling).
+  ckpt = checkpoint.Checkpointer(workdir, config.train.checkpoint_every,
+                                 config.train.keep_checkpoints)
+  start = ckpt.latest_step()
+  if ckpt.incomplete:
+    logging.warning(
+        "%s: ignoring (and deleting) incomplete checkpoint save(s) %s of an "
+        "interrupted run; %s", checkpoint.checkpoint_dir(workdir),
+        ", ".join(ckpt.incomplete),
+        f"the last complete one is step {start}" if start is not None
+        else "there is no complete one: starting fresh")
+  if start is not None and start >= config.train.steps:
+    ckpt.close()
+    _say(is_main, f"already at step {start} of {config.train.steps} in "
+         f"{workdir}, nothing to do (raise --config.train.steps to train "
+         "further)")
+    return {}
 
   tx = optim.make_optimizer(config.optim, checked.schedule_steps)
   schedule = optim.make_schedule(config.optim, checked.schedule_steps)
@@ -184,20 +206,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                        mesh, vgg_graphdef)
   data_iter = pipeline.create_train_iterator(
       config, jax.process_index(), jax.process_count(), num_shards)
-  ckpt = checkpoint.Checkpointer(workdir, config.train.checkpoint_every,
-                                 config.train.keep_checkpoints)
   writer = MetricWriter(workdir, enabled=is_main)
 
-  start = ckpt.latest_step()
-  if ckpt.incomplete:
-    logging.warning(
-        "%s: ignoring (and deleting) incomplete checkpoint save(s) %s of an "
-        "interrupted run; %s", checkpoint.checkpoint_dir(workdir),
-        ", ".join(ckpt.incomplete),
-        f"the last complete one is step {start}" if start is not None
-        else "there is no complete one: starting fresh")
   if start is not None:
     logging.info("resuming from step %d in %s", start, workdir)
+    _say(is_main, f"resuming from checkpoint "
+         f"{os.path.join(checkpoint.checkpoint_dir(workdir), str(start))} "
+         f"(step {start} of {config.train.steps})")
     abstract_opt = checkpoint.abstract_like(jax.eval_shape(
         setup.init_opt_state, setup.abstract_params))
     abstract_opt = jax.tree.map(
@@ -240,6 +255,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return last
 
 
+def _say(is_main: bool, line: str) -> None:
+  """A progress line for the user (stdout, process 0), whatever the logging
+  verbosity, like the per-step lines."""
+  if is_main:
+    print(line, flush=True)
+
+
 def _loop(config, step_fn, params, opt_state, vgg_params, data_iter, ckpt,
           writer, hooks, preempt, mesh, layout, start, key, is_main):
   """Runs steps start+1..train.steps; returns the last logged metrics."""
@@ -253,9 +275,17 @@ def _loop(config, step_fn, params, opt_state, vgg_params, data_iter, ckpt,
     local = next(data_iter)
     batch = train_step.global_batch(local, mesh, config)
     args = (params, opt_state, vgg_params, batch, np.int32(step), key)
-    if step == start:
+    first = step == start
+    if first:
+      _say(is_main, "compiling the train step...")
+      t_compile = time.time()
       step_fn = compile_synced("train_step", step_fn, *args)
     params, opt_state, m = step_fn(*args)
+    if first:
+      # The first call returns once compiled and dispatched; the steps/s and
+      # ETA are timed from here, without the compilation.
+      t0, s0 = time.time(), start + 1
+      _say(is_main, f"compiled the train step in {t0 - t_compile:.1f} s")
     # A fingerprint of the data, so that resumed runs can be checked to see
     # exactly the batches of an uninterrupted one.
     m = {**m, "data_checksum": np.float64(np.sum(local["image"],
@@ -272,11 +302,13 @@ def _loop(config, step_fn, params, opt_state, vgg_params, data_iter, ckpt,
     if window and (step % config.train.log_every == 0 or step == total):
       last = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
       dt = time.time() - t0
-      sps = (step - s0) / dt if dt > 0 else 0.0
+      # None while only the compiling step has run: no rate, no ETA yet.
+      sps = (step - s0) / dt if step > s0 and dt > 0 else None
       if is_main:
-        print(format_line(step, total, last, sps, sps * layout.batch_size),
+        print(format_line(step, total, last, sps,
+                          None if sps is None else sps * layout.batch_size),
               flush=True)
-      writer.write(step, {**last, "steps_per_s": sps})
+      writer.write(step, last if sps is None else {**last, "steps_per_s": sps})
       window, t0, s0 = [], time.time(), step
     if step % config.train.checkpoint_every == 0 or step == total or \
         preempt.requested:

@@ -107,7 +107,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> str:
     raise _relaxed(e) from e
   n = sum(int(np.prod(v.shape)) for v in
           jax.tree.leaves(nnx.state(model, nnx.Param)))
-  weight_dir.save_weights(fv.out, model, vgg)
+  # The config's image size becomes the prediction default of the directory.
+  weight_dir.save_weights(fv.out, model, vgg, image_size=(
+      fv.config.data.image_size if "data" in fv.config else None))
   print(f"Wrote {fv.out}: UPOCR with {n:,} parameters"
         + ("" if vgg is None else " + VGG16 loss features")
         + f" ({fv.config.variant if 'variant' in fv.config else 'config'}).")

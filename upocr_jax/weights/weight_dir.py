@@ -5,6 +5,8 @@ Layout of a weight directory (what ``upocr-convert`` writes and what
 
   DIR/model_config.json   config.model as JSON
   DIR/params/             orbax checkpoint of {"model": ..., "vgg": ...}
+  DIR/data_config.json    {"image_size": N}, the size the model works at
+                          (optional; prediction's default size)
 
 "vgg" is absent when no VGG weights were given.
 
@@ -32,11 +34,12 @@ from jax.sharding import Mesh
 
 from upocr_jax import sharding
 from upocr_jax.train import checkpoint
-from upocr_jax.models import UPOCR, VGG16Features
+from upocr_jax.models import ConfigError, UPOCR, VGG16Features
 from upocr_jax.models.layers import FrozenParam
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+DATA_CONFIG_FILE = "data_config.json"
 
 
 def _pure(module: nnx.Module, var_type) -> dict[str, Any]:
@@ -44,8 +47,11 @@ def _pure(module: nnx.Module, var_type) -> dict[str, Any]:
 
 
 def save_weights(out_dir: str, model: UPOCR,
-                 vgg: VGG16Features | None = None) -> None:
-  """Writes ``model`` (and ``vgg``) with the model config to ``out_dir``."""
+                 vgg: VGG16Features | None = None,
+                 image_size: int | None = None) -> None:
+  """Writes ``model`` (and ``vgg``) with the model config to ``out_dir``;
+  with ``image_size`` (``config.data.image_size``), also the size that
+  prediction uses by default."""
   out_dir = os.path.abspath(out_dir)
   params_dir = os.path.join(out_dir, PARAMS_DIR)
   if os.path.exists(params_dir):
@@ -58,6 +64,9 @@ def save_weights(out_dir: str, model: UPOCR,
     ckptr.save(params_dir, tree)
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump(model.config.to_dict(), f, indent=1)
+  if image_size is not None:
+    with open(os.path.join(out_dir, DATA_CONFIG_FILE), "w") as f:
+      json.dump({"image_size": int(image_size)}, f)
 
 
 def is_workdir(path: str) -> bool:
@@ -77,6 +86,22 @@ def read_model_config(weights_dir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def read_image_size(weights_dir: str) -> int | None:
+  """The image size a weight directory or workdir was saved with: a
+  workdir's ``config.data.image_size``, a weight directory's
+  ``data_config.json``; None when it has none (e.g. an older conversion)."""
+  if is_workdir(weights_dir):
+    size = checkpoint.read_config(weights_dir).get("data", {}).get(
+        "image_size")
+  else:
+    path = os.path.join(weights_dir, DATA_CONFIG_FILE)
+    if not os.path.isfile(path):
+      return None
+    with open(path) as f:
+      size = json.load(f).get("image_size")
+  return None if size is None else int(size)
+
+
 def _check_same_architecture(saved: ml_collections.ConfigDict,
                              wanted: ml_collections.ConfigDict, where: str):
   # dtype/remat/mask_padding/drop path change behaviour, not parameter shapes.
@@ -87,7 +112,7 @@ def _check_same_architecture(saved: ml_collections.ConfigDict,
     diffs += [f"{part}.{k}" for k in sub if k in saved[part]
               and _norm(saved[part][k]) != _norm(wanted[part][k])]
   if diffs:
-    raise ValueError(
+    raise ConfigError(
         f"{where} was written for another model: config.model fields differ: "
         + ", ".join(f"{d} (checkpoint {_get(saved, d)} vs config "
                     f"{_get(wanted, d)})" for d in diffs))
