@@ -1,4 +1,4 @@
-"""Run a trained UPOCR model on your own images: Python API and ``upocr-predict``.
+"""Run a trained UPOCR model on your own images: the Python API (``Predictor``).
 
 Python::
 

@@ -1,4 +1,4 @@
-"""Shared pieces of evaluation and prediction: checkpoints, forward, CLI runner.
+"""Shared pieces of evaluation and prediction: checkpoints, mesh, forward.
 
 * :func:`resolve_weights_dir`: ``--checkpoint`` accepts a weight directory or a
   training workdir (read through its latest checkpoint).
