@@ -1,17 +1,22 @@
-"""Builds the README's prediction figures from upocr-predict outputs.
+"""Builds the prediction figures of docs/prediction.md from upocr-predict outputs.
 
-  python docs/make_predict_figures.py SYNTH_DIR PRED_DIR docs/images
+Usage: python docs/make_predict_figures.py --synth_dir=SYNTH --pred_dir=PRED
+    [--out_dir=docs/images]
 
-SYNTH_DIR: a set written by ``python -m input_pipeline.write_synthetic``;
-PRED_DIR: ``upocr-predict`` outputs per task (text_removal/, text_segmentation/,
-tampered_text_detection/, tiled/), see the README for the commands.
+SYNTH: a set written by ``python -m input_pipeline.write_synthetic``; PRED:
+``upocr-predict`` outputs per task (text_removal/, text_segmentation/,
+tampered_text_detection/, tiled/), see docs/prediction.md for the commands.
 """
 
 import glob
 import os
 import sys
 
+from absl import flags
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from upocr_jax import cli_flags  # noqa: E402
 
 H = 128  # row height of the figures
 
@@ -53,5 +58,22 @@ def main(synth, pred, out):
          ).save(f"{out}/predict_tiled.png")
 
 
+def _define_flags(fv: flags.FlagValues, argv=None) -> None:
+  del argv  # no --config here
+  flags.DEFINE_string("synth_dir", None, "Synthetic set (write_synthetic).",
+                      flag_values=fv)
+  flags.DEFINE_string("pred_dir", None, "upocr-predict outputs per task.",
+                      flag_values=fv)
+  flags.DEFINE_string("out_dir", "docs/images", "Where the PNGs go.",
+                      flag_values=fv)
+
+
+def _main(argv, fv: flags.FlagValues) -> None:
+  if len(argv) > 1:
+    raise cli_flags.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli_flags.require(fv, "synth_dir", "pred_dir")
+  main(fv.synth_dir, fv.pred_dir, fv.out_dir)
+
+
 if __name__ == "__main__":
-  main(*sys.argv[1:])
+  cli_flags.run("make_predict_figures", __doc__, _define_flags, _main)
