@@ -293,7 +293,25 @@ def _pred_at(pred: ArrayLike, label_hw: tuple) -> np.ndarray:
   return resize_bilinear(_to_float_image(pred, 'pred'), *label_hw)
 
 
-class SegmentationMetrics:
+class _ConfusionCounts:
+  """counts()/merge() of the accumulators whose state is a confusion matrix."""
+
+  def counts(self) -> dict[str, np.ndarray]:
+    """The additive state: the confusion matrix and the number of images."""
+    return {'confusion_matrix': self.confusion_matrix.copy(),
+            'num_images': np.int64(self.num_images)}
+
+  def merge(self, other) -> None:
+    """Adds another accumulator's images (e.g. another process's), or its
+    ``counts()``."""
+    if not isinstance(other, dict):
+      other = other.counts()
+    self.confusion_matrix = self.confusion_matrix + np.asarray(
+        other['confusion_matrix'], np.int64)
+    self.num_images += int(other['num_images'])
+
+
+class SegmentationMetrics(_ConfusionCounts):
   """Text segmentation: fgIoU, precision, recall, F from one confusion matrix.
 
   ``update(pred, label)``: ``pred`` HxWx3 (any size: resized bilinearly to the
@@ -329,20 +347,6 @@ class SegmentationMetrics:
     self.confusion_matrix += _confusion(gt, (mean > self.threshold).astype(np.int64), 2)
     self.num_images += 1
 
-  def counts(self) -> dict[str, np.ndarray]:
-    """The additive state: the confusion matrix and the number of images."""
-    return {'confusion_matrix': self.confusion_matrix.copy(),
-            'num_images': np.int64(self.num_images)}
-
-  def merge(self, other) -> None:
-    """Adds another accumulator's images (e.g. another process's), or its
-    ``counts()``."""
-    if not isinstance(other, dict):
-      other = other.counts()
-    self.confusion_matrix = self.confusion_matrix + np.asarray(
-        other['confusion_matrix'], np.int64)
-    self.num_images += int(other['num_images'])
-
   def result(self) -> dict:
     """fgIoU, precision, recall and F of the text class over the whole set."""
     s = _scores(self.confusion_matrix)
@@ -353,7 +357,7 @@ class SegmentationMetrics:
 
 
 
-class TamperMetrics:
+class TamperMetrics(_ConfusionCounts):
   """Tampered text detection: per-class pixel IoU/P/R/F and real+tampered means.
 
   ``update(pred, label)``: ``pred`` HxWx3 (any size, resized bilinearly to the
@@ -388,20 +392,6 @@ class TamperMetrics:
     out = _pred_at(pred, gt.shape).argmax(-1)
     self.confusion_matrix += _confusion(gt, out, 3)
     self.num_images += 1
-
-  def counts(self) -> dict[str, np.ndarray]:
-    """The additive state: the confusion matrix and the number of images."""
-    return {'confusion_matrix': self.confusion_matrix.copy(),
-            'num_images': np.int64(self.num_images)}
-
-  def merge(self, other) -> None:
-    """Adds another accumulator's images (e.g. another process's), or its
-    ``counts()``."""
-    if not isinstance(other, dict):
-      other = other.counts()
-    self.confusion_matrix = self.confusion_matrix + np.asarray(
-        other['confusion_matrix'], np.int64)
-    self.num_images += int(other['num_images'])
 
   def result(self) -> dict:
     """Per-class '<class>_<metric>' values plus 'mean_<metric>' over real+tampered."""
