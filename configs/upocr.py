@@ -37,8 +37,16 @@ def _model_config(variant: str) -> ml_collections.ConfigDict:
   # at HIGHEST matmul precision.
   m.dtype = "float32"
   m.residual_dtype = "float32"
-  # Rematerialise every transformer block in the backward pass (saves activations).
+  # Rematerialise every transformer block in the backward pass (saves
+  # activations). remat_policy: what a block keeps, "full" (its input only)
+  # or "dots" (also its linears' outputs; recomputes the element-wise work and
+  # attention scores): see REMAT_POLICIES in upocr_jax/models/swinv2.py.
   m.remat = False
+  m.remat_policy = "full"
+  # The attention's softmax: "deferred" divides by the row sums after the
+  # value matmul, "reference" is jax.nn.softmax first (upocr_jax/models/
+  # attention.py); the same numbers up to float32 rounding.
+  m.attention_impl = "deferred"
   # Stages of 2+ blocks run as one lax.scan over their blocks (the shift is
   # passed as data): the same numbers, with one block body compiled per stage
   # (unrolled, the paper model's 18-block stages dominate compile time).

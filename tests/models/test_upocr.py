@@ -193,6 +193,33 @@ def test_bfloat16_and_remat_options():
                                                        atol=1e-6), ga, gb)
 
 
+def test_remat_policy_dots_keeps_linears_and_recomputes_scores():
+  """"dots" gives the same gradients as no remat, recomputing fewer matmuls
+  than "full" (only the batched attention-score einsums), and bad names fail."""
+  x = jax.random.uniform(jax.random.key(3), (1, 32, 32, 3))
+  ids = jnp.array([1])
+  deep = {"encoder.depths": (1, 2, 1, 1), "decoder.depths": (1, 1, 2, 1, 1)}
+
+  def grad_fn(**kw):
+    g, p = nnx.split(UPOCR(tiny(**deep, **kw), rngs=nnx.Rngs(0)))
+    f = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(g, p)(x, ids)[2])))
+    return f, p
+
+  dots = {}
+  grads = {}
+  for name, kw in (("none", {}), ("full", {"remat": True}),
+                   ("dots", {"remat": True, "remat_policy": "dots"})):
+    f, p = grad_fn(**kw)
+    dots[name] = f.lower(p).compile().as_text().count(" dot(")
+    grads[name] = f(p)
+  assert dots["none"] < dots["dots"] < dots["full"], dots
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               grads["none"], grads["dots"])
+  with pytest.raises(ValueError, match="remat_policy"):
+    UPOCR(tiny(remat=True, remat_policy="some"), rngs=nnx.Rngs(0))
+
+
 def test_drop_path_needs_rng_and_is_random():
   m = UPOCR(tiny(**{"encoder.drop_path_rate": 0.5}), rngs=nnx.Rngs(0))
   open_blocks(m)

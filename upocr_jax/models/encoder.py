@@ -41,7 +41,9 @@ class SwinV2Encoder(nnx.Module):
                   cfg.mlp_ratio, cfg.mask_padding, cfg.remat,
                   "merge" if i < n - 1 else None, rngs=rngs, dtype=dtype,
                   scan=cfg.get("scan_blocks", False),
-                  residual_dtype=residual_dtype)
+                  residual_dtype=residual_dtype,
+                  remat_policy=cfg.get("remat_policy", "full"),
+                  attention_impl=cfg.get("attention_impl", "deferred"))
         for i in range(n)])
     self.norms = nnx.List([LayerNorm(e.embed_dim * 2**i, rngs=rngs)
                            for i in range(n)])

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from upocr_jax import sharding
+from upocr_jax.models.attention import attend
 from upocr_jax.models.layers import (MAP_AXES, Dense, LayerNorm, drop_path,
                                      param, zeros)
 
@@ -156,8 +157,10 @@ class WindowAttention(nnx.Module):
   """Scaled cosine window attention with continuous position bias."""
 
   def __init__(self, dim: int, num_heads: int, window: int,
-               pretrained_window: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+               pretrained_window: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               impl: str = "deferred"):
     self.num_heads = num_heads
+    self.impl = impl  # models/attention.py
     self.window = window
     self.pretrained_window = pretrained_window
     self.dtype = dtype
@@ -197,23 +200,12 @@ class WindowAttention(nnx.Module):
     qkv = qkv.reshape(b, nw, n, 3, h, c // h)
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
 
-    def normalize(t):  # F.normalize: t / max(||t||, 1e-12), in float32
-      t = t.astype(jnp.float32)
-      # sqrt(max(|t|^2, eps^2)) equals max(|t|, eps) but has a finite gradient
-      # at t = 0 (zero-padded tokens have all-zero keys).
-      sq = jnp.sum(t * t, axis=-1, keepdims=True)
-      return (t * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))).astype(self.dtype)
-
     bias = self.position_bias()
+    scale = jnp.exp(jnp.minimum(self.logit_scale[...], _LOGIT_CLAMP))
     with jax.named_scope("attn_scores"):
-      attn = jnp.einsum("bwnhd,bwmhd->bwhnm", normalize(q), normalize(k),
-                        preferred_element_type=jnp.float32)
-      scale = jnp.exp(jnp.minimum(self.logit_scale[...], _LOGIT_CLAMP))
-      attn = attn * scale[:, None, None] + bias
-      if mask is not None:
-        attn = attn + jnp.asarray(mask)[None, :, None]
-      attn = jax.nn.softmax(attn, axis=-1)
-      out = jnp.einsum("bwhnm,bwmhd->bwnhd", attn.astype(self.dtype), v)
+      out = attend(q, k, v, scale, bias,
+                   None if mask is None else jnp.asarray(mask), self.dtype,
+                   self.impl)
     with jax.named_scope("attn_linear"):
       return self.proj(out.reshape(b, nw, n, c))
 
@@ -237,7 +229,8 @@ class SwinBlock(nnx.Module):
   def __init__(self, dim: int, num_heads: int, window: int,
                pretrained_window: int, shift: int, drop_path_rate: float,
                mlp_ratio: float, mask_padding: bool, *, rngs: nnx.Rngs,
-               dtype=jnp.float32, residual_dtype=jnp.float32):
+               dtype=jnp.float32, residual_dtype=jnp.float32,
+               attention_impl: str = "deferred"):
     self.window = window
     self.shift = shift
     # The residual stream's dtype (models/precision.py): also the carry of a
@@ -246,7 +239,7 @@ class SwinBlock(nnx.Module):
     self.drop_path_rate = drop_path_rate
     self.mask_padding = mask_padding
     self.attn = WindowAttention(dim, num_heads, window, pretrained_window,
-                                rngs=rngs, dtype=dtype)
+                                rngs=rngs, dtype=dtype, impl=attention_impl)
     # Post-norms start at zero so that every block starts as the identity.
     self.norm1 = LayerNorm(dim, rngs=rngs, scale_init=zeros)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype)
@@ -343,6 +336,17 @@ class PatchSplit(nnx.Module):
     return self.norm(self.upsample(x))
 
 
+# What a rematerialised block keeps for the backward pass (config.model.
+# remat_policy): "full" keeps only the block's input and recomputes the rest;
+# "dots" also keeps the outputs of its linears and convs (matmuls without
+# batch dimensions) and recomputes the element-wise work and the attention
+# scores (batched matmuls), which are cheap to redo and large to keep.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class SwinStage(nnx.Module):
   """A stack of blocks (shift on every second one) plus optional resampling.
 
@@ -358,15 +362,20 @@ class SwinStage(nnx.Module):
                scan: bool = False,
                act_axes: tuple[str | None, ...] = MAP_AXES,
                out_act_axes: tuple[str | None, ...] = MAP_AXES,
-               residual_dtype=jnp.float32):
+               residual_dtype=jnp.float32, remat_policy: str = "full",
+               attention_impl: str = "deferred"):
+    if remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"model.remat_policy: {remat_policy!r} is not one of "
+                       f"{sorted(REMAT_POLICIES)}")
     self.remat = remat
+    self.remat_policy = remat_policy
     self.scan = scan
     self.act_axes, self.out_act_axes = act_axes, out_act_axes
     self.blocks = nnx.List([
         SwinBlock(dim, num_heads, window, pretrained_window,
                   0 if i % 2 == 0 else window // 2, drop_path_rates[i],
                   mlp_ratio, mask_padding, rngs=rngs, dtype=dtype,
-                  residual_dtype=residual_dtype)
+                  residual_dtype=residual_dtype, attention_impl=attention_impl)
         for i in range(depth)])
     self.downsample = (PatchMerging(dim, rngs=rngs, dtype=dtype)
                        if resample == "merge" else None)
@@ -382,7 +391,7 @@ class SwinStage(nnx.Module):
     else:
       run = lambda block, x, k: block(x, k, deterministic)  # noqa: E731
       if self.remat:
-        run = nnx.remat(run)
+        run = nnx.remat(run, policy=REMAT_POLICIES[self.remat_policy])
       for i, block in enumerate(self.blocks):
         x = run(block, x, None if key is None else jax.random.fold_in(key, i))
     x = sharding.constrain(x, self.act_axes)
@@ -419,8 +428,8 @@ class SwinStage(nnx.Module):
       k = None if key is None else jax.random.fold_in(key, i)
       return nnx.merge(gd, st)(x, k, deterministic, keep, shifted), None
 
-    if self.remat:  # saves only each block's input for the backward pass
-      body = jax.checkpoint(body)
+    if self.remat:  # see REMAT_POLICIES
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy])
     # The carry enters in the dtype that every block returns.
     x = x.astype(blocks[0].residual_dtype)
     x, _ = jax.lax.scan(body, x, (states, keeps, idx, shifts))

@@ -11,10 +11,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from upocr_jax.models.attention import IMPLS as ATTENTION_IMPLS
 from upocr_jax.models.decoder import SwinV2Decoder
 from upocr_jax.models.encoder import SwinV2Encoder
 from upocr_jax.models.layers import Dense, param
 from upocr_jax.models.precision import DTYPES, Policy
+from upocr_jax.models.swinv2 import REMAT_POLICIES
 
 Array = jax.Array
 
@@ -37,6 +39,12 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   residual = cfg.get("residual_dtype", "float32")
   if residual not in DTYPES:
     _fail("residual_dtype", f"{residual!r} is not one of {sorted(DTYPES)}")
+  policy = cfg.get("remat_policy", "full")
+  if policy not in REMAT_POLICIES:
+    _fail("remat_policy", f"{policy!r} is not one of {sorted(REMAT_POLICIES)}")
+  impl = cfg.get("attention_impl", "deferred")
+  if impl not in ATTENTION_IMPLS:
+    _fail("attention_impl", f"{impl!r} is not one of {list(ATTENTION_IMPLS)}")
   if cfg.patch_size != 4:
     _fail("patch_size", f"UPOCR's H/32 bottleneck needs 4, got {cfg.patch_size}")
   if len(e.depths) != 4:
