@@ -8,9 +8,12 @@ colours and rotations, some with outlines or shadows. Per task:
   white (non-text) outside the rotated word rectangles;
 * text segmentation: a TextSeg-style label: 100 text, 200 outline/shadow (word
   effect), 255 ignore on the anti-aliased glyph border, 0 background;
-* tampered text detection: some words tampered after the fact, either re-rendered
-  as another word in another font over the restored background, or copied from
-  elsewhere in the image; gt rows (x1, y1, x2, y2, label 1 real / 2 tampered).
+* tampered text detection: the scene gets a camera history (grain, JPEG), then
+  some words are tampered after the fact, either erased (leaving inpainting
+  residue) and re-rendered as another word in another font, or copied elsewhere
+  in the image; each edited area is pasted with a history of its own (clean,
+  blurred, grainier or resampled: see synthetic_traces.py); gt rows (x1, y1,
+  x2, y2, label 1 real / 2 tampered).
 
 `generate_raw` returns these in the official file formats (the writer CLI saves
 them in the official layouts); `SyntheticSource` converts them with the same
@@ -27,6 +30,7 @@ from PIL import Image
 from input_pipeline import fonts as fonts_lib
 from input_pipeline import schema
 from input_pipeline import synthetic_render as render
+from input_pipeline import synthetic_traces as traces
 
 
 class SynthParams:
@@ -121,10 +125,14 @@ def _tamper(rng, image, bg, params, boxes, acc_shape, bg_luma):
       if (x < 0 or y < 0 or x + lw > w or y + lh > h or
           render.overlaps(union, others, margin=1)):
         continue
-      image[y1:y2 + 1, x1:x2 + 1] = bg[y1:y2 + 1, x1:x2 + 1]
-      canvas = Image.fromarray(image)
+      # The old word is erased (inpainting residue), the new one drawn, and
+      # the edited area pasted back with a history of its own.
+      sl = np.s_[union[1]:union[3] + 1, union[0]:union[2] + 1]
+      work = image.copy()
+      work[sl] = traces.inpaint_residue(rng, bg[sl])
+      canvas = Image.fromarray(work)
       render.composite(canvas, layers, (x, y))
-      image[...] = np.asarray(canvas)
+      image[sl] = traces.edited_history(rng, np.asarray(canvas)[sl])
       rows[i] = union + [2]
     else:  # Copy-move the word somewhere free.
       bw, bh = x2 - x1 + 1, y2 - y1 + 1
@@ -133,7 +141,10 @@ def _tamper(rng, image, bg, params, boxes, acc_shape, bg_luma):
         nx, ny = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
         dst = [nx, ny, nx + bw - 1, ny + bh - 1]
         if not render.overlaps(dst, taken, margin=2):
-          image[ny:ny + bh, nx:nx + bw] = image[y1:y2 + 1, x1:x2 + 1].copy()
+          # A copy with the same history as its source leaves no local
+          # trace; a copy pasted at another size or quality does.
+          image[ny:ny + bh, nx:nx + bw] = traces.edited_history(
+              rng, image[y1:y2 + 1, x1:x2 + 1].copy(), traces.EDIT_KINDS[1:])
           moved.append(dst)
           break
   return rows + [m + [2] for m in moved]
@@ -168,6 +179,7 @@ def generate_raw(task_id: int, rng: np.random.Generator,
     label[(acc["fill"] > 40) & (acc["fill"] < 160)] = 255
     label[acc["fill"] >= 160] = 100
     return {"image": image, "label": label}
+  image = traces.camera_history(rng, image)
   rows = _tamper(rng, image, bg, params, boxes, (h, w), bg_luma) if boxes else []
   return {"image": image, "boxes": np.asarray(rows, np.int32).reshape(-1, 5)}
 

@@ -103,7 +103,9 @@ def test_tasks_are_spelled_once():
 
 
 def test_layout_from_the_data_config():
-  data = upocr_config.get_config("tiny").data  # 6, 3, 3 per batch
+  data = upocr_config.get_config("tiny").data
+  data.text_removal.batch_size = 6
+  data.tampered_text_detection.batch_size = data.text_segmentation.batch_size = 3
   assert per_shard_batch_sizes(data, 3) == [2, 1, 1]
   lay = BatchLayout.from_data_config(data, 3)
   assert lay.task_ids == (0, 0, 1, 2) * 3 and lay.batch_size == 12

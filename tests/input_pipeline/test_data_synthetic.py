@@ -3,12 +3,14 @@
 import os
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from input_pipeline import fonts
 from input_pipeline import pipeline
 from input_pipeline import preview
 from input_pipeline import schema
 from input_pipeline import synthetic
+from input_pipeline import synthetic_traces as traces
 from input_pipeline import write_synthetic
 from tests.input_pipeline import data_helpers
 
@@ -102,3 +104,47 @@ def test_real_worker_processes_and_restore(jpeg_roots):
     r = next(resumed)
     np.testing.assert_array_equal(b["image"], r["image"])
     np.testing.assert_array_equal(b["target"], r["target"])
+
+
+def _grain(image: np.ndarray, where: np.ndarray) -> float:
+  """Median high-frequency residual: the grain of `image` over `where`."""
+  blurred = np.asarray(Image.fromarray(image).filter(
+      ImageFilter.GaussianBlur(1.0)), np.float32)
+  return float(np.median(np.abs(image.astype(np.float32) - blurred).mean(-1)[where]))
+
+
+def test_tampering_leaves_a_history_different_from_the_photo():
+  rng = np.random.default_rng(0)
+  flat = np.full((40, 40, 3), 120, np.uint8)
+  everywhere = np.ones((40, 40), bool)
+  photo = traces.camera_history(rng, flat)
+  assert _grain(photo, everywhere) > 2.0
+  # A re-rendered word is drawn on a clean (inpainted) patch: 'clean' keeps it so.
+  clean = traces.edited_history(rng, flat.copy(), ("clean",))
+  assert _grain(clean, everywhere) < 0.5 * _grain(photo, everywhere)
+  for kind in traces.EDIT_KINDS[1:]:  # Pasted over the photo's own pixels.
+    edited = traces.edited_history(rng, photo.copy(), (kind,))
+    ratio = _grain(edited, everywhere) / _grain(photo, everywhere)
+    assert not 1 / 1.5 < ratio < 1.5, (kind, ratio)
+  assert (_grain(traces.inpaint_residue(rng, photo), everywhere)
+          < 0.5 * _grain(photo, everywhere))
+
+
+def test_tampered_words_are_smoother_or_grainier_than_real_ones():
+  # Text edges make every word box grainier than the photo's background; a
+  # tampered box pasted clean, blurred or resampled is smoother instead.
+  src = synthetic.SyntheticSource(schema.TAMPERED, 40, split="test")
+  ratio = {1: [], 2: []}
+  for i in range(len(src)):
+    raw = src.raw(i)
+    image, boxes = raw["image"], raw["boxes"]
+    outside = np.ones(image.shape[:2], bool)
+    for x1, y1, x2, y2, _ in boxes:
+      outside[y1:y2 + 1, x1:x2 + 1] = False
+    background = _grain(image, outside)
+    for x1, y1, x2, y2, label in boxes:
+      box = np.zeros(image.shape[:2], bool)
+      box[y1:y2 + 1, x1:x2 + 1] = True
+      ratio[label].append(_grain(image, box) / background)
+  smoother = {k: np.mean(np.asarray(v) < 1.0) for k, v in ratio.items()}
+  assert smoother[2] > 0.25 and smoother[1] < 0.05, smoother

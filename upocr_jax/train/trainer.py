@@ -372,12 +372,12 @@ def _report_against_baselines(config, results: dict[str, float],
   if is_main:
     print("final evaluation on held-out synthetic data (model vs trivial "
           "baselines; an undefined F, no pixel predicted, counts as 0):")
-    for task, metric in baselines.HEADLINE.items():
+    for task, metric in baselines.HEADLINE:
       key = task_key(task)
       model_v = results.get(f"eval/synthetic/{key}/{metric}", float("nan"))
       others = ", ".join(
-          f"{k.split('/')[2]} {np.nan_to_num(v):.4g}"
-          for k, v in base.items() if k.startswith(f"baseline/{key}/"))
-      print(f"  {task:24s} {metric:7s} model {np.nan_to_num(model_v):.4g}"
+          f"{k.split('/')[2]} {np.nan_to_num(v):.4g}" for k, v in base.items()
+          if k.startswith(f"baseline/{key}/") and k.endswith(f"/{metric}"))
+      print(f"  {task:24s} {metric:10s} model {np.nan_to_num(model_v):.4g}"
             f"  | {others}", flush=True)
   return base
