@@ -94,7 +94,7 @@ def table(record: dict) -> str:
     for k, v in record["baselines"].items():
       t, name, m = k.split("/")
       if t == key and m == metric:
-        shown = "0" if v is None else _fmt(v, metric)
+        shown = "0" if not v else _fmt(v, metric)
         base.append(f"{shown} ({BASELINE_NAMES.get(name, name)})")
     lines.append(f"| {task} | {LABELS[metric]} | "
                  f"{_fmt(record['model'][f'{key}/{metric}'], metric)} | "
