@@ -5,6 +5,8 @@ TPU needed); it is marked ``tpu`` (``-m "not tpu"`` skips it) and skipped
 where libtpu is not installed. It takes 1-3 minutes on two CPU cores.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,22 @@ def test_collectives_of_a_data_parallel_reduction():
   assert c["all-gather"]["count"] == 0
 
 
+def test_loop_trip_count_from_the_condition_when_the_attribute_is_gone():
+  """The TPU compiler's HLO has no known_trip_count: the count comes from the
+  loop condition ``i < N`` (same scan as above, the attribute stripped)."""
+  def f(x, w):
+    return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)[0]
+
+  x = jax.ShapeDtypeStruct((64, 128), jnp.float32)
+  w = jax.ShapeDtypeStruct((6, 128, 128), jnp.float32)
+  text = jax.jit(f).lower(x, w).compile().as_text()
+  assert "known_trip_count" in text
+  stripped = re.sub(r'"known_trip_count"\s*:\s*\{[^}]*\},?', "", text)
+  assert "known_trip_count" not in stripped
+  corr = hlo.loop_correction(hlo.parse(stripped))
+  assert corr["flops"] == pytest.approx(5 * 2 * 64 * 128 * 128)
+
+
 def test_knobs_name_remat_fsdp_and_smaller_batch():
   c = micro_config(per_task=8)
   names = [n for n, _ in report.knobs(c, 4)]
@@ -74,6 +92,39 @@ def test_knobs_name_remat_fsdp_and_smaller_batch():
   assert any(n.startswith("half the per-chip batch") for n in names)
   changed = report.with_changes(c, dict(report.knobs(c, 4))[names[0]])
   assert changed.model.remat and not c.model.remat
+  # Remat keeping the linears first, then the least-memory policy.
+  assert changed.model.remat_policy == "dots"
+  assert "policy full" in names[1]
+
+
+def test_a_step_the_compiler_refuses_is_reported_not_raised(monkeypatch):
+  """The TPU compiler raises RESOURCE_EXHAUSTED for a step whose temporaries
+  exceed HBM (as the paper step in float32 without remat on v5e does): the
+  report says it does not fit, by how much, and which knobs would help."""
+  c = micro_config(per_task=4)
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+             "required for HLO temporaries (67.66G) exceeds available HBM "
+             "(15.75G).")
+
+  def refuse(*_):
+    raise jax.errors.JaxRuntimeError(message)
+
+  monkeypatch.setattr(report, "compile_train_step", refuse)
+  target = report.Target("v5e:2x2", jax.devices()[:4], hbm_bytes=16 * 2**30)
+  r = report.fit_report(c, target)
+  assert r["fits"] is False
+  assert r["per_device_bytes"]["temporaries"] == 67.66 * 2**30
+  assert r["margin_bytes"] == (15.75 - 67.66) * 2**30
+  text = report.format_report(r, c)
+  assert "refused by the compiler" in text and "fits: NO, 51.91 GiB over" in text
+  assert "remat, policy dots" in text
+
+  def other(*_):
+    raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+  monkeypatch.setattr(report, "compile_train_step", other)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+    report.fit_report(c, target)
 
 
 @pytest.mark.tpu

@@ -94,12 +94,41 @@ def _split_operands(rest: str) -> tuple[str, str]:
   return rest, ""
 
 
+def _is_less_than(ins: _Instr, comps: dict[str, list[_Instr]]) -> bool:
+  """A compare with direction LT, or a fusion wrapping one (CPU)."""
+  if ins.op == "compare":
+    return "direction=LT" in ins.attrs
+  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
+  return ins.op == "fusion" and callee is not None and any(
+      i.op == "compare" and "direction=LT" in i.attrs
+      for i in comps.get(callee.group(1), []))
+
+
+def _trip_from_condition(comps: dict[str, list[_Instr]], condition: str) -> int:
+  """Trip count of a counted loop from its condition ``i < N`` (the TPU
+  compiler drops the known_trip_count attribute that the CPU and GPU
+  compilers keep): N, assuming the counter starts at 0 as lax.scan and
+  fori_loop lower; 1 (counted once, as cost_analysis does) when the condition
+  is not of that form."""
+  instrs = comps.get(condition, [])
+  consts = {i.name: i.raw_operands.strip() for i in instrs if i.op == "constant"}
+  for ins in instrs:
+    if _is_less_than(ins, comps):
+      for operand in ins.operands[1:]:
+        value = consts.get(operand, "")
+        if value.isdigit():
+          return int(value)
+  return 1
+
+
 def parse(hlo_text: str) -> Program:
   """Parses optimized HLO text into a :class:`Program`."""
   types: dict[str, str] = {}
   comps: dict[str, list[_Instr]] = {}
   edges: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
   fused: set[str] = set()
+  # (caller, body, condition) of loops without a known_trip_count attribute.
+  untripped: list[tuple[str, str, str]] = []
   entry = current = None
   for line in hlo_text.splitlines():
     if line and not line[0].isspace():
@@ -120,9 +149,13 @@ def parse(hlo_text: str) -> Program:
       continue
     operands, attrs = _split_operands(rest)
     trip = _TRIP_RE.search(attrs)
-    for kind, names in _CALLS_RE.findall(attrs):
-      for callee in names.strip("{}").split(","):
-        callee = callee.strip().lstrip("%")
+    calls = {kind: [c.strip().lstrip("%") for c in names.strip("{}").split(",")]
+             for kind, names in _CALLS_RE.findall(attrs)}
+    for kind, callees in calls.items():
+      for callee in callees:
+        if kind == "body" and not trip:  # resolved from its condition below
+          untripped.append((current, callee, calls["condition"][0]))
+          continue
         mult = int(trip.group(1)) if kind == "body" and trip else 1
         edges[current].append((callee, mult))
         if op == "fusion" and kind == "calls":
@@ -130,6 +163,8 @@ def parse(hlo_text: str) -> Program:
     comps[current].append(_Instr(name, op, result,
                                  re.findall(r"%([\w.\-]+)", operands),
                                  attrs, operands))
+  for caller, body, condition in untripped:
+    edges[caller].append((body, _trip_from_condition(comps, condition)))
   times: dict[str, int] = collections.defaultdict(int)
   once: dict[str, int] = collections.defaultdict(int)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from typing import Any, Sequence
 
@@ -131,11 +132,51 @@ def compile_train_step(config: ml_collections.ConfigDict,
   return compiled, mesh, lower_s, time.perf_counter() - t
 
 
+# The TPU compiler refuses a program whose temporaries exceed HBM instead of
+# returning its memory analysis; this is the figure it gives.
+_OUT_OF_HBM = re.compile(r"memory required for HLO temporaries \(([\d.]+)"
+                         r"([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _out_of_hbm(config: ml_collections.ConfigDict, target: Target,
+                error: Exception, seconds: float) -> dict[str, Any] | None:
+  """The report of a step the compiler refused for lack of HBM, or None when
+  ``error`` is something else."""
+  m = _OUT_OF_HBM.search(str(error))
+  if m is None:
+    return None
+  temps = float(m.group(1)) * _UNITS[m.group(2)]
+  hbm = float(m.group(3)) * _UNITS[m.group(4)]
+  n = len(target.devices)
+  return {
+      "target": target.name, "devices": n,
+      "mesh": dict(zip(config.mesh.axes, sharding.mesh_shape(config, n))),
+      "batch": sum(config.data[k].batch_size for k in TASK_KEYS),
+      "dtype": config.model.dtype, "remat": bool(config.model.remat),
+      "remat_policy": config.model.get("remat_policy", "full"),
+      "lower_s": None, "compile_s": round(seconds, 1),
+      "per_device_bytes": {"arguments": None, "temporaries": temps,
+                           "outputs_not_aliased": None, "total": None},
+      # The compiler's own figure: the HBM it can use (a little under the
+      # chip's nominal size).
+      "hbm_bytes": hbm, "fits": False, "margin_bytes": hbm - temps,
+      "compiler_error": m.group(0),
+  }
+
+
 def fit_report(config: ml_collections.ConfigDict, target: Target
                ) -> dict[str, Any]:
   """Compiles the train step for ``target``; returns the report's figures."""
-  compiled, mesh, lower_s, compile_s = compile_train_step(config,
-                                                          target.devices)
+  start = time.perf_counter()
+  try:
+    compiled, mesh, lower_s, compile_s = compile_train_step(config,
+                                                            target.devices)
+  except jax.errors.JaxRuntimeError as e:
+    refused = _out_of_hbm(config, target, e, time.perf_counter() - start)
+    if refused is None:
+      raise
+    return refused
   n = len(target.devices)
   mem = compiled.memory_analysis()
   args = mem.argument_size_in_bytes
@@ -152,6 +193,7 @@ def fit_report(config: ml_collections.ConfigDict, target: Target
       "target": target.name, "devices": n, "mesh": dict(mesh.shape),
       "batch": sum(config.data[k].batch_size for k in TASK_KEYS),
       "dtype": config.model.dtype, "remat": bool(config.model.remat),
+      "remat_policy": config.model.get("remat_policy", "full"),
       "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
       "per_device_bytes": {"arguments": args, "temporaries": temps,
                            "outputs_not_aliased": outs, "total": total},
@@ -163,7 +205,8 @@ def fit_report(config: ml_collections.ConfigDict, target: Target
       "xla_flops": float(cost.get("flops", 0.0)),
       "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)),
       "loop_correction": corr, "flops": flops, "bytes_accessed": nbytes,
-      "scanned_loops": len(hlo.loops(program)),
+      "scanned_loops": sum(i.op == "while" for body in program.comps.values()
+                           for i in body),
   }
   if target.peak_flops and target.hbm_bandwidth:
     out["roofline_estimate_s"] = max(flops / target.peak_flops,
@@ -176,8 +219,16 @@ def knobs(config: ml_collections.ConfigDict, num_devices: int
   """Changes that lower per-device memory, most specific first:
   (description, {dotted config field: value})."""
   out = []
+  # Remat keeping the linears' outputs first (less recomputation), then
+  # keeping only each block's input (least memory).
   if not config.model.remat:
-    out.append(("remat (model.remat=True)", {"model.remat": True}))
+    out.append(("remat, policy dots (model.remat=True, "
+                "model.remat_policy=dots)",
+                {"model.remat": True, "model.remat_policy": "dots"}))
+  if not config.model.remat or config.model.get("remat_policy") != "full":
+    out.append(("remat, policy full (model.remat=True, "
+                "model.remat_policy=full)",
+                {"model.remat": True, "model.remat_policy": "full"}))
   shape = sharding.mesh_shape(config, num_devices)
   fsdp = dict(zip(config.mesh.axes, shape)).get("fsdp", 1)
   if "fsdp" in config.mesh.axes and fsdp < num_devices:
@@ -231,14 +282,25 @@ def _gib(x: float | None) -> str:
 def format_report(r: dict[str, Any], config: ml_collections.ConfigDict
                   ) -> str:
   """The readable table of a :func:`fit_report`."""
+  head = (f"train step on {r['target']}: {r['devices']} devices, mesh "
+          f"{r['mesh']}, global batch {r['batch']}, dtype {r['dtype']}, remat "
+          f"{r['remat']}" + (f" ({r['remat_policy']})" if r["remat"] else ""))
+  if "compiler_error" in r:
+    return "\n".join([
+        f"{head} (refused by the compiler after {r['compile_s']} s)",
+        f"  temporaries          {_gib(r['per_device_bytes']['temporaries'])}"
+        f"   HBM {_gib(r['hbm_bytes'])}   fits: NO, "
+        f"{_gib(-r['margin_bytes'])} over in temporaries alone",
+        f"  ({r['compiler_error']})",
+        "knobs that would help: " + "; ".join(
+            name for name, _ in knobs(config, r["devices"]))
+        + " (--suggest tries them)"])
   m = r["per_device_bytes"]
   fits = ("n/a (unknown HBM)" if r["fits"] is None else
           f"yes, {_gib(r['margin_bytes'])} to spare" if r["fits"] else
           f"NO, {_gib(-r['margin_bytes'])} over")
   lines = [
-      f"train step on {r['target']}: {r['devices']} devices, mesh "
-      f"{r['mesh']}, global batch {r['batch']}, dtype {r['dtype']}, remat "
-      f"{r['remat']} (lowered {r['lower_s']} s, compiled {r['compile_s']} s)",
+      f"{head} (lowered {r['lower_s']} s, compiled {r['compile_s']} s)",
       "per device memory (XLA memory analysis):",
       f"  arguments            {_gib(m['arguments'])}",
       f"  temporaries          {_gib(m['temporaries'])}",
@@ -253,7 +315,7 @@ def format_report(r: dict[str, Any], config: ml_collections.ConfigDict
   lines.append(
       f"FLOPs per device {r['flops']:.3e} (XLA {r['xla_flops']:.3e} + "
       f"{r['loop_correction']['flops']:.3e} for the iterations of "
-      f"{r['scanned_loops']} loop computations XLA counts once)")
+      f"{r['scanned_loops']} loops whose bodies XLA counts once)")
   lines.append(
       f"bytes accessed   {r['bytes_accessed']:.3e} (XLA "
       f"{r['xla_bytes_accessed']:.3e} + {r['loop_correction']['bytes']:.3e})")
