@@ -84,6 +84,25 @@ def test_loop_trip_count_from_the_condition_when_the_attribute_is_gone():
   assert corr["flops"] == pytest.approx(5 * 2 * 64 * 128 * 128)
 
 
+def test_convolution_flops_leave_out_padding():
+  """The TPU compiler writes batched dots as convolutions over a padded
+  batch dimension: only window positions on real input are work. Here a
+  3-wide window over 3 inputs padded by 2 on each side: 1+2+3+2+1 = 9
+  (output, window) pairs, not 5 x 3."""
+  text = """HloModule m
+
+ENTRY %main (a: f32[2,3,4], b: f32[3,4,5]) -> f32[2,5,5] {
+  %a = f32[2,3,4]{2,1,0} parameter(0)
+  %b = f32[3,4,5]{2,1,0} parameter(1)
+  ROOT %c = f32[2,5,5]{2,1,0} convolution(%a, %b), window={size=3 pad=2_2}, dim_labels=b0f_0io->b0f
+}
+"""
+  program = hlo.parse(text)
+  (conv,) = [i for i in program.comps["main"] if i.op == "convolution"]
+  # batch 2 x 5 output features x 4 input features x 9 pairs, 2 FLOPs each.
+  assert hlo._dot_flops(conv, program.types) == 2 * 2 * 5 * 4 * 9  # pylint: disable=protected-access
+
+
 def test_knobs_name_remat_fsdp_and_smaller_batch():
   c = micro_config(per_task=8)
   names = [n for n, _ in report.knobs(c, 4)]

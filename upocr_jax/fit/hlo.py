@@ -239,14 +239,39 @@ def _dot_flops(ins: _Instr, types: dict[str, str]) -> float:
     lhs = _dims(types.get(ins.operands[0], "")) if ins.operands else []
     idx = [int(i) for i in m.group(1).split(",") if i] if m else []
     return 2.0 * out * math.prod(lhs[i] for i in idx if i < len(lhs))
-  # convolution: per output element, the kernel's size over its output
-  # feature dimension (the 'o' of dim_labels=..._01io->...).
+  # convolution: per output element, the input features times the window
+  # positions that land on real input. The TPU compiler writes batched dots
+  # as convolutions whose batch dimension is a padded spatial one (window =
+  # the batch, most positions on padding), so padding must not count.
   kernel = _dims(types.get(ins.operands[1], "")) if len(
       ins.operands) > 1 else []
-  m = re.search(r"dim_labels=[^_]*_([0-9a-z]+)->", ins.attrs)
-  if not kernel or not m or "o" not in m.group(1):
+  lhs = _dims(types.get(ins.operands[0], "")) if ins.operands else []
+  m = re.search(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)", ins.attrs)
+  res = _dims(ins.result)
+  if not kernel or not m or "i" not in m.group(2) or len(m.group(2)) != len(
+      kernel) or len(m.group(1)) != len(lhs) or len(m.group(3)) != len(res):
     return 0.0
-  return 2.0 * out * math.prod(kernel) / kernel[m.group(1).index("o")]
+  lhs_l, ker_l, out_l = m.groups()
+  window = re.search(r"window=\{([^}]*)\}", ins.attrs)
+  wtext = window.group(1) if window else ""
+  pads = re.search(r"pad=([0-9_x-]+)", wtext)
+  strides = re.search(r"stride=([0-9x]+)", wtext)
+  pads = [tuple(int(v) for v in p.split("_")) for p in pads.group(1).split("x")
+          ] if pads else []
+  strides = [int(v) for v in strides.group(1).split("x")] if strides else []
+  per_output = kernel[ker_l.index("i")]
+  spatial_out = 1
+  for d in sorted(c for c in ker_l if c.isdigit()):
+    k, n, o = (kernel[ker_l.index(d)], lhs[lhs_l.index(d)],
+               res[out_l.index(d)])
+    j = int(d)
+    lo = pads[j][0] if j < len(pads) else 0
+    st = strides[j] if j < len(strides) else 1
+    # (output, window) pairs whose input index is inside [0, n).
+    per_output *= sum(max(0, min(k, n + lo - x * st) - max(0, lo - x * st))
+                      for x in range(o))
+    spatial_out *= o
+  return 2.0 * out / max(spatial_out, 1) * per_output
 
 
 def _fusion_bytes(program: Program, ins: _Instr) -> float:
