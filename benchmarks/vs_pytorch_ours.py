@@ -63,7 +63,7 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
 
 def _infer(config, s: common.Settings) -> dict[str, Any]:
   t = time.perf_counter()
-  model = nnx.jit(lambda: UPOCR(config, rngs=nnx.Rngs(s.seed)))()
+  model = nnx.jit(lambda: UPOCR(config.model, rngs=nnx.Rngs(s.seed)))()
   jax.block_until_ready(nnx.state(model))
   init_s = time.perf_counter() - t
   batch = common.random_batch(s.size, [0], s.seed)

@@ -43,10 +43,11 @@ def _model_config(variant: str) -> ml_collections.ConfigDict:
   # attention scores): see REMAT_POLICIES in upocr_jax/models/swinv2.py.
   m.remat = False
   m.remat_policy = "full"
-  # The attention's softmax: "deferred" divides by the row sums after the
-  # value matmul, "reference" is jax.nn.softmax first (upocr_jax/models/
-  # attention.py); the same numbers up to float32 rounding.
-  m.attention_impl = "deferred"
+  # The attention's softmax: "reference" (jax.nn.softmax, then the values)
+  # or "deferred" (divide the (N, d) output by the row sums instead of the
+  # N x N scores); upocr_jax/models/attention.py; benchmarks/README.md has
+  # why the reference is the default.
+  m.attention_impl = "reference"
   # Stages of 2+ blocks run as one lax.scan over their blocks (the shift is
   # passed as data): the same numbers, with one block body compiled per stage
   # (unrolled, the paper model's 18-block stages dominate compile time).

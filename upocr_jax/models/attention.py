@@ -7,12 +7,14 @@ number of passes over them sets its speed on every backend.
 
 Two formulations, chosen by ``config.model.attention_impl``:
 
-* ``"reference"``: the textbook order, ``jax.nn.softmax`` then the value
-  einsum (normalises the N x N probabilities);
-* ``"deferred"`` (default): exponentiates the shifted scores, multiplies them by
+* ``"reference"`` (default): the textbook order, ``jax.nn.softmax`` then the
+  value einsum (normalises the N x N probabilities);
+* ``"deferred"``: exponentiates the shifted scores, multiplies them by
   the values unnormalised and divides the (N, head_dim) result by the row sums:
   the same numbers up to float32 rounding, without the division pass over the
-  N x N scores (head_dim is 16-32 here, N 64-256).
+  N x N scores (head_dim is 16-32 here, N 64-256). Faster for the attention
+  alone on the CPU, but not for the whole train step or inference there
+  (benchmarks/README.md), so it is not the default.
 
 Tests compare the two (tests/models/test_attention.py).
 """
@@ -37,7 +39,7 @@ def cosine_normalize(t: Array, dtype) -> Array:
 
 
 def attend(q: Array, k: Array, v: Array, scale: Array, bias: Array,
-           mask: Array | None, dtype, impl: str = "deferred") -> Array:
+           mask: Array | None, dtype, impl: str = "reference") -> Array:
   """Scaled cosine attention of every window.
 
   Args:

@@ -158,7 +158,7 @@ class WindowAttention(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, window: int,
                pretrained_window: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               impl: str = "deferred"):
+               impl: str = "reference"):
     self.num_heads = num_heads
     self.impl = impl  # models/attention.py
     self.window = window
@@ -230,7 +230,7 @@ class SwinBlock(nnx.Module):
                pretrained_window: int, shift: int, drop_path_rate: float,
                mlp_ratio: float, mask_padding: bool, *, rngs: nnx.Rngs,
                dtype=jnp.float32, residual_dtype=jnp.float32,
-               attention_impl: str = "deferred"):
+               attention_impl: str = "reference"):
     self.window = window
     self.shift = shift
     # The residual stream's dtype (models/precision.py): also the carry of a
@@ -363,7 +363,7 @@ class SwinStage(nnx.Module):
                act_axes: tuple[str | None, ...] = MAP_AXES,
                out_act_axes: tuple[str | None, ...] = MAP_AXES,
                residual_dtype=jnp.float32, remat_policy: str = "full",
-               attention_impl: str = "deferred"):
+               attention_impl: str = "reference"):
     if remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy: {remat_policy!r} is not one of "
                        f"{sorted(REMAT_POLICIES)}")
