@@ -1,0 +1,138 @@
+"""benchmarks/fit_table.py: the remat ladder, the one-chip search, resume.
+
+The TPU compiler is replaced by a memory model (temporaries proportional to
+the images per chip, times a factor per dtype and remat rung), so the search
+logic is checked in milliseconds; compiling for real is what the script (and
+the ``tpu`` test of test_fit.py) does.
+"""
+
+import json
+
+import pytest
+
+from benchmarks import fit_table
+from upocr_jax import cli_flags
+from upocr_jax.fit import report as fit_report
+
+GiB = 2**30
+# GiB of temporaries per image on a chip, by (dtype, remat).
+PER_IMAGE = {("bfloat16", False, None): 5.0, ("bfloat16", True, "dots"): 1.4,
+             ("bfloat16", True, "full"): 1.2, ("float32", False, None): 5.6,
+             ("float32", True, "dots"): 2.6, ("float32", True, "full"): 1.9}
+ARGS = 1.25 * GiB
+
+
+def _fake_report(config, target):
+  """What fit_report.fit_report returns, from the memory model."""
+  m = config.model
+  key = (m.dtype, bool(m.remat), m.remat_policy if m.remat else None)
+  batch = sum(config.data[k].batch_size for k in fit_table.TASK_KEYS)
+  n = len(target.devices)
+  fsdp = tuple(config.mesh.shape) == (1, -1, 1)
+  args = ARGS / n if fsdp else ARGS
+  temps = PER_IMAGE[key] * GiB * batch / n
+  total = args + temps
+  out = {"target": target.name, "devices": n, "batch": batch,
+         "dtype": m.dtype, "hbm_bytes": target.hbm_bytes,
+         "per_device_bytes": {"arguments": args, "temporaries": temps,
+                              "outputs_not_aliased": 0, "total": total},
+         "fits": total <= target.hbm_bytes,
+         "roofline_estimate_s": 0.5 * batch / n}
+  if temps > target.hbm_bytes:   # the compiler refuses it
+    out.update(compiler_error="exceeds available HBM",
+               per_device_bytes={"arguments": None, "temporaries": temps,
+                                 "outputs_not_aliased": None, "total": None})
+  CALLS.append(key + (batch, n))
+  return out
+
+
+CALLS = []
+
+
+@pytest.fixture(name="fake")
+def _fake(monkeypatch):
+  CALLS.clear()
+  monkeypatch.setattr(fit_report, "fit_report", _fake_report)
+
+  def target_for(topology):
+    t = fit_table.topologies.get(topology)
+    return fit_report.Target(topology, list(range(t.chips)),
+                             t.generation.hbm_bytes, 1e14, 1e12)
+  monkeypatch.setattr(fit_report, "target_for", target_for)
+  monkeypatch.setattr(fit_table.topologies, "libtpu_available", lambda: True)
+
+
+def _run(argv):
+  fv, rest = cli_flags.parse(fit_table.define_flags, ["fit_table.py"] + argv)
+  fit_table.main(rest, fv)
+
+
+def _rows(path):
+  return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_ladder_stops_at_the_first_fit_and_float32_starts_at_bf16s_rung(
+    fake, tmp_path, capsys):
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v5e:2x4",
+        "--noone_chip", "--only=parallelism=dp",
+        "--config.data.text_removal.batch_size=16",
+        "--config.data.text_segmentation.batch_size=16",
+        "--config.data.tampered_text_detection.batch_size=16"])
+  rows = _rows(out)
+  got = [(r["case"]["dtype"], r["case"]["remat"],
+          "inferred" if "inferred" in r else r["report"]["fits"])
+         for r in rows]
+  # 6 images per chip on 16 GiB: bf16 fits with dots (9.7 GiB), not without
+  # remat (31 GiB); float32 skips "off" (inferred) and fits with dots (16.85
+  # GiB > 16: no) then full.
+  assert got == [("bfloat16", "off", False), ("bfloat16", "dots", True),
+                 ("float32", "off", "inferred"), ("float32", "dots", False),
+                 ("float32", "full", True)]
+  assert "bfloat16 needed remat dots" in rows[2]["inferred"]
+  table = capsys.readouterr().out
+  assert "| v5e-8 | 8 | dp | bfloat16 | 6 | dots | yes |" in table
+  assert "| v5e-8 | 8 | dp | float32 | 6 | full | yes |" in table
+  assert "off: not compiled (bfloat16 needed remat dots)" in table
+
+
+def test_resume_with_append_compiles_nothing_twice(fake, tmp_path):
+  out = str(tmp_path / "t.jsonl")
+  argv = [f"--out={out}", "--config=tiny", "--topologies=v5e:2x4",
+          "--noone_chip", "--only=parallelism=dp,dtype=bfloat16"]
+  _run(argv)
+  first = len(CALLS)
+  with pytest.raises(cli_flags.UsageError, match="exists; pass --append"):
+    _run(argv)
+  _run(argv + ["--append"])
+  assert len(CALLS) == first and len(_rows(out)) == first
+
+
+def test_one_chip_largest_batch_is_bracketed_by_a_fit_and_a_refusal(
+    fake, tmp_path):
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4",
+        "--only=dtype=bfloat16"])
+  one = [r for r in _rows(out) if r["case"]["parallelism"] == "one_chip"]
+  fits = {r["case"]["per_task"]: r["report"]["fits"] for r in one}
+  # 32 GiB, 1.25 GiB args, 1.2 GiB per image: 25 images, 8 per task.
+  best = max(k for k, ok in fits.items() if ok)
+  assert best == 8 and fits[9] is False
+  # The line through the first compile (4 per task) lands on 8 at once.
+  assert sorted(fits) == [4, 8, 9]
+  assert all(r["report"]["devices"] == 1 for r in one)
+
+
+def test_only_rejects_an_unknown_key():
+  with pytest.raises(cli_flags.UsageError, match="expected KEY=VALUE"):
+    fit_table._only("chip=v4")  # pylint: disable=protected-access
+
+
+def test_one_chip_search_of_a_second_chip_starts_from_the_first_ones_line(
+    fake, tmp_path):
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4,v5p:2x2x1",
+        "--only=dtype=bfloat16,parallelism=one_chip"])
+  one = [r["case"] for r in _rows(out) if r["case"]["topology"] == "v5p:2x2x1"]
+  # 95 GiB: 78 images, 26 per task; found by two compiles, 26 and 27.
+  assert [c["per_task"] for c in one] == [26, 27]
