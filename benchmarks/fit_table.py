@@ -382,8 +382,9 @@ def main(argv: list[str], fv: flags.FlagValues) -> None:
   for case in sliced_cases(fv, only):
     run_ladder(rec, case)
   if fv.one_chip:
-    for t in fv.topologies:
-      for dtype in DTYPES:
+    # bfloat16 (what TPU users train with) on every chip first.
+    for dtype in DTYPES:
+      for t in fv.topologies:
         if _matches({"topology": t, "parallelism": "one_chip",
                      "dtype": dtype}, only):
           largest_one_chip(rec, t, dtype)
