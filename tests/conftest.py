@@ -29,3 +29,8 @@ def pytest_configure(config):
   # TPU compile-only tests (libtpu, no TPU): `-m "not tpu"` skips them.
   config.addinivalue_line(
       "markers", "tpu: compiles for a TPU topology with libtpu (minutes)")
+  # GPU compile-only tests (CUDA plugin, no GPU): `-m "not gpu_aot"` skips
+  # them.
+  config.addinivalue_line(
+      "markers", "gpu_aot: compiles for a GPU with the CUDA plugin, no GPU "
+      "(minutes)")

@@ -10,6 +10,8 @@ Examples:
   # Compile the train step for a TPU slice from any host with libtpu (no TPU
   # needed): memory per chip, collectives, FLOPs, a roofline estimate.
   upocr-train --config=paper --compile_only --topology=v5e:2x2
+  # The same for one H100 80 GB with the CUDA plugin (jax[cuda12]; no GPU).
+  upocr-train --config=paper --compile_only --topology=h100
 
 A run resumes from the checkpoints it finds in --workdir (a finished one says
 so and stops). A mistake in the config, the data or a weight file stops with
@@ -28,7 +30,6 @@ from upocr_jax import cli_flags
 from upocr_jax import config_checks
 from upocr_jax import sharding
 from upocr_jax.fit import report as fit_report
-from upocr_jax.fit import topologies
 from upocr_jax.train import trainer
 from upocr_jax.weights.state_dict import StrictLoadError
 
@@ -53,8 +54,10 @@ def define_flags(fv: flags.FlagValues,
                     "collectives, FLOPs and a roofline estimate, and stop "
                     "(no --workdir needed).", flag_values=fv)
   flags.DEFINE_string("topology", "", "With --compile_only: a TPU slice to "
-                      "compile for, e.g. v5e:2x2 (needs libtpu, no TPU); "
-                      "empty: the local devices.", flag_values=fv)
+                      "compile for, e.g. v5e:2x2 (needs libtpu, no TPU), or "
+                      "a GPU: h100 (one H100 SXM 80 GB; needs "
+                      "jax[cuda12] at the jax version, no GPU); empty: the "
+                      "local devices.", flag_values=fv)
   flags.DEFINE_bool("suggest", False, "With --compile_only: if the step does "
                     "not fit, try remat, FSDP and a smaller batch and report "
                     "the first that fits.", flag_values=fv)
@@ -68,7 +71,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues) -> None:
     cli_flags.require(fv, "config")
     if fv.topology:
       try:
-        topologies.get(fv.topology)
+        fit_report.check_topology(fv.topology)
       except ValueError as e:
         raise cli_flags.UsageError(str(e)) from e
     fit_report.run(fv.config, fv.topology, fv.suggest)

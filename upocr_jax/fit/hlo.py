@@ -14,6 +14,12 @@ not memory traffic of their own). A scan reads one slice of its stacked
 inputs (a dynamic-slice in a fusion) and writes one slice of its stacked
 outputs (an in-place dynamic-update-slice): those count the slice, not the
 stacked array. Both are estimates.
+
+The GPU compiler writes dots as cuBLAS custom-calls and convolutions as cuDNN
+ones (forward, backward-input, backward-filter); they count as the dot or
+convolution they replace. Its compile-only executables have no
+``cost_analysis`` at all: :func:`program_costs` then counts the whole step
+the same way (every run of every computation).
 """
 
 from __future__ import annotations
@@ -231,23 +237,66 @@ def collectives(program: Program, num_devices: int) -> dict[str, dict]:
   return out
 
 
+# cuBLAS and cuDNN custom-call targets of the GPU compiler.
+_CUBLAS = ("__cublas$gemm", "__cublas$lt$matmul")
+_CUDNN_FORWARD = ("__cudnn$convForward", "__cudnn$convBiasActivationForward")
+_CUDNN_BACKWARD_INPUT = "__cudnn$convBackwardInput"
+_CUDNN_BACKWARD_FILTER = "__cudnn$convBackwardFilter"
+_TARGET_RE = re.compile(r'custom_call_target="([^"]+)"')
+
+
+def _matmul_kind(ins: _Instr) -> str:
+  """'dot', 'convolution' or '' (not a matmul), custom-calls included."""
+  if ins.op in ("dot", "convolution"):
+    return ins.op
+  if ins.op != "custom-call":
+    return ""
+  m = _TARGET_RE.search(ins.attrs)
+  target = m.group(1) if m else ""
+  if target in _CUBLAS:
+    return "dot"
+  if target in _CUDNN_FORWARD or target in (_CUDNN_BACKWARD_INPUT,
+                                            _CUDNN_BACKWARD_FILTER):
+    return "convolution"
+  return ""
+
+
 def _dot_flops(ins: _Instr, types: dict[str, str]) -> float:
-  """2 x output elements x contracted size of a dot or convolution."""
-  out = math.prod(_dims(ins.result))
-  if ins.op == "dot":
-    m = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", ins.attrs)
-    lhs = _dims(types.get(ins.operands[0], "")) if ins.operands else []
-    idx = [int(i) for i in m.group(1).split(",") if i] if m else []
+  """2 x output elements x contracted size of a dot or convolution (or of
+  the cuBLAS / cuDNN custom-call standing for one)."""
+  kind = _matmul_kind(ins)
+  out = math.prod(_dims(ins.result))  # a custom-call's first result
+  lhs = _dims(types.get(ins.operands[0], "")) if ins.operands else []
+  if kind == "dot":
+    if ins.op == "dot":
+      m = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", ins.attrs)
+      idx = [int(i) for i in m.group(1).split(",") if i] if m else []
+    else:  # cuBLAS: the dimension numbers are in its backend config
+      m = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', ins.attrs)
+      idx = [int(i) for i in re.findall(r"\d+", m.group(1))] if m else []
     return 2.0 * out * math.prod(lhs[i] for i in idx if i < len(lhs))
+  if kind != "convolution":
+    return 0.0
+  # A cuDNN backward convolution keeps the attributes of the forward one it
+  # differentiates and costs as much: backward-input computes that
+  # convolution's input from (output gradient, kernel), backward-filter its
+  # kernel from (input, output gradient).
+  target = _TARGET_RE.search(ins.attrs)
+  target = target.group(1) if target else ""
+  other = _dims(types.get(ins.operands[1], "")) if len(
+      ins.operands) > 1 else []
+  if target == _CUDNN_BACKWARD_INPUT:
+    lhs, kernel, res = _dims(ins.result), other, lhs
+  elif target == _CUDNN_BACKWARD_FILTER:
+    kernel, res = _dims(ins.result), other
+  else:
+    kernel, res = other, _dims(ins.result)
+  out = math.prod(res)
   # convolution: per output element, the input features times the window
   # positions that land on real input. The TPU compiler writes batched dots
   # as convolutions whose batch dimension is a padded spatial one (window =
   # the batch, most positions on padding), so padding must not count.
-  kernel = _dims(types.get(ins.operands[1], "")) if len(
-      ins.operands) > 1 else []
-  lhs = _dims(types.get(ins.operands[0], "")) if ins.operands else []
   m = re.search(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)", ins.attrs)
-  res = _dims(ins.result)
   if not kernel or not m or "i" not in m.group(2) or len(m.group(2)) != len(
       kernel) or len(m.group(1)) != len(lhs) or len(m.group(3)) != len(res):
     return 0.0
@@ -303,6 +352,34 @@ def _fusion_bytes(program: Program, ins: _Instr) -> float:
   return sum(read) + written
 
 
+def _costs(program: Program, runs: dict[str, int]) -> dict[str, float]:
+  """``{flops, bytes}`` of ``runs[comp]`` runs of each computation: its
+  dot/convolution FLOPs and, outside fusion bodies, the bytes of its
+  instructions."""
+  flops = nbytes = 0.0
+  for comp, instrs in program.comps.items():
+    n = runs.get(comp, 0)
+    if n <= 0:
+      continue
+    for ins in instrs:
+      if _matmul_kind(ins):
+        flops += n * _dot_flops(ins, program.types)
+      if comp in program.fused or ins.op in _FREE_OPS or ins.op in (
+          "while", "call", "conditional"):
+        continue
+      if ins.op == "fusion":
+        nbytes += n * _fusion_bytes(program, ins)
+        continue
+      # A cuBLAS / cuDNN custom-call's further results are its scratch
+      # workspace, not data of the step.
+      result = _shape_bytes(ins.result)
+      if ins.op == "custom-call":
+        result = result[:1]
+      nbytes += n * (sum(sum(_shape_bytes(program.types.get(o, "")))
+                         for o in ins.operands) + sum(result))
+  return {"flops": flops, "bytes": nbytes}
+
+
 def loop_correction(program: Program) -> dict[str, float]:
   """What ``cost_analysis`` leaves out of loops: ``{flops, bytes}``.
 
@@ -311,24 +388,15 @@ def loop_correction(program: Program) -> dict[str, float]:
   its dot/convolution FLOPs and, outside fusion bodies, the bytes of its
   instructions. See the module docstring.
   """
-  flops = nbytes = 0.0
-  for comp, instrs in program.comps.items():
-    extra = program.times.get(comp, 0) - program.once.get(comp, 0)
-    if extra <= 0:
-      continue
-    for ins in instrs:
-      if ins.op in ("dot", "convolution"):
-        flops += extra * _dot_flops(ins, program.types)
-      if comp in program.fused or ins.op in _FREE_OPS or ins.op in (
-          "while", "call", "conditional"):
-        continue
-      if ins.op == "fusion":
-        nbytes += extra * _fusion_bytes(program, ins)
-      else:
-        nbytes += extra * (sum(sum(_shape_bytes(program.types.get(o, "")))
-                               for o in ins.operands)
-                           + sum(_shape_bytes(ins.result)))
-  return {"flops": flops, "bytes": nbytes}
+  return _costs(program, {c: program.times.get(c, 0) - program.once.get(c, 0)
+                          for c in program.comps})
+
+
+def program_costs(program: Program) -> dict[str, float]:
+  """``{flops, bytes}`` of one whole step counted from the HLO, every loop
+  iteration included: for compilers without ``cost_analysis`` (the GPU
+  compiler's compile-only executables). Elementwise FLOPs are left out."""
+  return _costs(program, program.times)
 
 
 def loops(program: Program) -> list[tuple[str, int]]:

@@ -4,14 +4,18 @@
       --compile_only --topology=v5e:2x2 [--suggest]
 
 With ``--topology`` the step is compiled by the TPU compiler for that slice
-(compile-only devices from libtpu: any host, no TPU); without it, for the
-local devices. Prints a readable table and one JSON line:
+(compile-only devices from libtpu: any host, no TPU), or by the GPU compiler
+for a known GPU, e.g. ``--topology=h100`` (the CUDA plugin, no GPU; see
+``fit.gpus``); without it, for the local devices. Prints a readable table and
+one JSON line:
 
 * per device: arguments, temporaries, outputs not aliased to arguments, and
   their total against the HBM of the topology's chips (fits yes/no, margin);
 * collectives per step by kind (ops, arrays, bytes; see ``fit.hlo``);
 * XLA's FLOPs and bytes accessed (``cost_analysis``), with the iterations of
   scanned stages that it leaves out added back (``fit.hlo.loop_correction``);
+  where the compiler gives none (compile-only GPU), both counted from the
+  HLO (``fit.hlo.program_costs``);
 * a roofline step-time ESTIMATE, max(FLOPs / peak, bytes / bandwidth) per
   chip: a lower bound, it ignores collectives, overlap and efficiency.
 
@@ -36,6 +40,7 @@ from flax import nnx
 from input_pipeline.layout import BatchLayout
 from upocr_jax import config_checks
 from upocr_jax import sharding
+from upocr_jax.fit import gpus
 from upocr_jax.fit import hlo
 from upocr_jax.fit import topologies
 from upocr_jax.models import VGG16Features
@@ -57,11 +62,31 @@ class Target:
   hbm_bytes: float | None = None
   peak_flops: float | None = None
   hbm_bandwidth: float | None = None
+  compiler_options: dict[str, Any] | None = None  # XLA options per compile
+
+
+def check_topology(topology: str) -> None:
+  """Raises ValueError (one line listing the known TPU slices and GPUs)
+  unless ``topology`` is one of them."""
+  if topology in gpus.KNOWN:
+    return
+  try:
+    topologies.get(topology)
+  except ValueError:
+    raise ValueError(
+        f"--topology {topology!r} is not a known TPU topology or GPU; known "
+        f"TPU slices: {', '.join(topologies.KNOWN)}; known GPUs: "
+        f"{', '.join(gpus.KNOWN)}") from None
 
 
 def target_for(topology: str) -> Target:
-  """The compile-only devices of a known TPU topology, or ('' ) the local
-  devices (HBM from the device's memory stats where it reports them)."""
+  """The compile-only devices of a known TPU topology or GPU, or ('') the
+  local devices (HBM from the device's memory stats where it reports
+  them)."""
+  if topology in gpus.KNOWN:
+    g = gpus.get(topology)
+    return Target(g.name, gpus.devices(g), g.hbm_bytes, g.peak_bf16_flops,
+                  g.hbm_bandwidth, gpus.COMPILER_OPTIONS)
   if topology:
     t = topologies.get(topology)
     g = t.generation
@@ -88,10 +113,11 @@ def _sds(tree, shardings):
 
 
 def compile_train_step(config: ml_collections.ConfigDict,
-                       devices: Sequence[Any]):
+                       devices: Sequence[Any],
+                       compiler_options: dict[str, Any] | None = None):
   """(compiled step, mesh, seconds to lower, seconds to compile) of the
   run's train step (as ``trainer.run`` builds it) for abstract, sharded
-  arguments on ``devices``."""
+  arguments on ``devices``, with XLA ``compiler_options``."""
   config = _prepared(config)
   checked = config_checks.check_config(config, len(devices))
   shards = checked.num_data_shards
@@ -128,7 +154,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
     lowered = step_fn.lower(params, opt, vgg, batch, step, key)
     lower_s = time.perf_counter() - t
     t = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
   return compiled, mesh, lower_s, time.perf_counter() - t
 
 
@@ -170,8 +196,8 @@ def fit_report(config: ml_collections.ConfigDict, target: Target
   """Compiles the train step for ``target``; returns the report's figures."""
   start = time.perf_counter()
   try:
-    compiled, mesh, lower_s, compile_s = compile_train_step(config,
-                                                            target.devices)
+    compiled, mesh, lower_s, compile_s = compile_train_step(
+        config, target.devices, target.compiler_options)
   except jax.errors.JaxRuntimeError as e:
     refused = _out_of_hbm(config, target, e, time.perf_counter() - start)
     if refused is None:
@@ -186,9 +212,15 @@ def fit_report(config: ml_collections.ConfigDict, target: Target
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   program = hlo.parse(compiled.as_text())
-  corr = hlo.loop_correction(program)
-  flops = float(cost.get("flops", 0.0)) + corr["flops"]
-  nbytes = float(cost.get("bytes accessed", 0.0)) + corr["bytes"]
+  if cost:
+    corr = hlo.loop_correction(program)
+    xla_flops = float(cost.get("flops", 0.0))
+    xla_bytes = float(cost.get("bytes accessed", 0.0))
+  else:  # no cost analysis (compile-only GPU): all of it from the HLO
+    corr = hlo.program_costs(program)
+    xla_flops = xla_bytes = 0.0
+  flops = xla_flops + corr["flops"]
+  nbytes = xla_bytes + corr["bytes"]
   out: dict[str, Any] = {
       "target": target.name, "devices": n, "mesh": dict(mesh.shape),
       "batch": sum(config.data[k].batch_size for k in TASK_KEYS),
@@ -202,9 +234,11 @@ def fit_report(config: ml_collections.ConfigDict, target: Target
       "margin_bytes": (None if target.hbm_bytes is None
                        else target.hbm_bytes - total),
       "collectives": hlo.collectives(program, n),
-      "xla_flops": float(cost.get("flops", 0.0)),
-      "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-      "loop_correction": corr, "flops": flops, "bytes_accessed": nbytes,
+      "xla_flops": xla_flops if cost else None,
+      "xla_bytes_accessed": xla_bytes if cost else None,
+      "loop_correction": corr if cost else None,
+      "flops": flops, "bytes_accessed": nbytes,
+      "costs_from": "xla+loop_correction" if cost else "hlo_count",
       "scanned_loops": sum(i.op == "while" for body in program.comps.values()
                            for i in body),
   }
@@ -312,13 +346,22 @@ def format_report(r: dict[str, Any], config: ml_collections.ConfigDict
   for kind, c in r["collectives"].items():
     lines.append(f"  {kind:18s} {c['count']:6d} ops {c['arrays']:6d} arrays "
                  f"{c['bytes'] / 2**20:10.1f} MiB")
-  lines.append(
-      f"FLOPs per device {r['flops']:.3e} (XLA {r['xla_flops']:.3e} + "
-      f"{r['loop_correction']['flops']:.3e} for the iterations of "
-      f"{r['scanned_loops']} loops whose bodies XLA counts once)")
-  lines.append(
-      f"bytes accessed   {r['bytes_accessed']:.3e} (XLA "
-      f"{r['xla_bytes_accessed']:.3e} + {r['loop_correction']['bytes']:.3e})")
+  if r["xla_flops"] is None:
+    lines.append(
+        f"FLOPs per device {r['flops']:.3e} (dots and convolutions counted "
+        "from the HLO, every loop iteration; this compiler gives no cost "
+        "analysis)")
+    lines.append(f"bytes accessed   {r['bytes_accessed']:.3e} (counted from "
+                 "the HLO)")
+  else:
+    lines.append(
+        f"FLOPs per device {r['flops']:.3e} (XLA {r['xla_flops']:.3e} + "
+        f"{r['loop_correction']['flops']:.3e} for the iterations of "
+        f"{r['scanned_loops']} loops whose bodies XLA counts once)")
+    lines.append(
+        f"bytes accessed   {r['bytes_accessed']:.3e} (XLA "
+        f"{r['xla_bytes_accessed']:.3e} + "
+        f"{r['loop_correction']['bytes']:.3e})")
   if "roofline_estimate_s" in r:
     lines.append(f"ESTIMATED step time (roofline, max of FLOPs/peak and "
                  f"bytes/bandwidth; ignores collectives): "
