@@ -345,12 +345,22 @@ def table(rows: list[dict[str, Any]]) -> str:
             else f"1 chip of {SLICE_NAMES.get(c['topology'], c['topology'])}")
     lines.append(
         f"| {name} | {r['devices']} | {c['parallelism']} | {c['dtype']} | "
-        f"{per_chip:g} | {c['remat'] if r['fits'] else 'none fits'} | {fits} "
+        f"{per_chip:g} | {_rung_label(best, compiled)} | {fits} "
         f"| {mem} | {_gib(r['hbm_bytes'])} | "
         f"{'' if est is None or not r['fits'] else f'{est:.3g} s'} | "
         f"{'' if est is None or not r['fits'] else f'{per_chip / est:.1f}'} "
         f"| {best['wall_s']:.0f} s | {'; '.join(lower)} |")
   return "\n".join(lines)
+
+
+def _rung_label(best: dict[str, Any], compiled: list[dict[str, Any]]) -> str:
+  """The remat column: the rung shown, or why none is."""
+  if best["report"]["fits"]:
+    return best["case"]["remat"]
+  if best["case"]["parallelism"] != "one_chip" and not any(
+      r["case"]["remat"] == LADDER[-1] for r in compiled):
+    return f"unfinished (only up to {best['case']['remat']} compiled)"
+  return "none fits"
 
 
 def _pick(rows: list[dict[str, Any]]) -> dict[str, Any]:

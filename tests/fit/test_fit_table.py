@@ -136,3 +136,17 @@ def test_one_chip_search_of_a_second_chip_starts_from_the_first_ones_line(
   one = [r["case"] for r in _rows(out) if r["case"]["topology"] == "v5p:2x2x1"]
   # 95 GiB: 78 images, 26 per task; found by two compiles, 26 and 27.
   assert [c["per_task"] for c in one] == [26, 27]
+
+
+def test_an_unfinished_ladder_is_not_reported_as_none_fits():
+  refused = {"batch": 48, "devices": 8, "hbm_bytes": 16 * GiB, "fits": False,
+             "compiler_error": "exceeds available HBM",
+             "per_device_bytes": {"arguments": None, "temporaries": 32 * GiB,
+                                  "outputs_not_aliased": None, "total": None}}
+  row = {"case": {"topology": "v5e:2x4", "parallelism": "fsdp",
+                  "dtype": "bfloat16", "remat": "off"},
+         "report": refused, "wall_s": 208.0}
+  assert "| unfinished (only up to off compiled) | no |" in fit_table.table(
+      [row])
+  full = dict(row, case=dict(row["case"], remat="full"))
+  assert "| none fits | no |" in fit_table.table([row, full])
