@@ -131,13 +131,8 @@ class Recorder:
         raise cli_flags.UsageError(
             f"--out {path} exists; pass --append to add to it (resume) or "
             "name a new file")
-      for n, line in enumerate(open(path, encoding="utf-8"), 1):
-        try:
-          row = json.loads(line)
-          self.done[_key(row["case"])] = row
-        except (ValueError, KeyError) as e:
-          raise cli_flags.UsageError(f"{path}:{n}: not a fit_table line "
-                                     f"({e})") from e
+      for row in read_rows(path):
+        self.done[_key(row["case"])] = row
     else:
       cli_flags.check_writable_dir(os.path.dirname(os.path.abspath(path)),
                                    "--out")
@@ -170,9 +165,7 @@ class Recorder:
            "host": f"{platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cores",
            "jax": jax.__version__}
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row, default=str) + "\n")
-    self.done[key] = row
+    self._write(key, row)
     _progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
               f"{_memory(report)} ({wall:.0f} s)")
     return row
@@ -181,10 +174,32 @@ class Recorder:
     """A rung not compiled because a cheaper case already rules it out."""
     key = _key(case)
     if key not in self.done:
-      row = {"case": case, "inferred": why}
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-      self.done[key] = row
+      self._write(key, {"case": case, "inferred": why})
+
+  def _write(self, key: str, row: dict[str, Any]) -> None:
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row, default=str) + "\n")
+    self.done[key] = row
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+  """The rows of a fit_table JSON lines file.
+
+  Raises:
+    UsageError: one line naming the file and line that is not a row.
+  """
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+        if not isinstance(row, dict) or "case" not in row:
+          raise ValueError("no 'case' field")
+      except ValueError as e:
+        raise cli_flags.UsageError(f"{path}:{n}: not a fit_table line "
+                                   f"({e})") from e
+      rows.append(row)
+  return rows
 
 
 def _progress(msg: str) -> None:
@@ -378,8 +393,7 @@ def main(argv: list[str], fv: flags.FlagValues) -> None:
   if len(argv) > 1:
     raise cli_flags.UsageError(f"unexpected arguments: {argv[1:]}")
   if fv.from_jsonl:
-    rows = [json.loads(line) for line in open(fv.from_jsonl, encoding="utf-8")]
-    print(table(rows))
+    print(table(read_rows(fv.from_jsonl)))
     return
   cli_flags.require(fv, "out")
   for t in fv.topologies:
