@@ -25,9 +25,16 @@ Compiles the real train step (``upocr_jax.fit.report``, what ``upocr-train
   it fits at that batch and is refused one image per task above. The first
   guesses solve a line through the temporaries of the compiles so far.
 
+Every bfloat16 case (slices, then one chip) runs before any float32 one,
+so a run stopped early has the rows TPU users train with.
+
 Each compile appends one JSON line to ``--out`` at once (the report of
 ``fit.report.fit_report`` plus the case); an existing file is refused unless
-``--append``, which skips the compiles already recorded. At the end, and with
+``--append``, which skips the compiles already recorded. A compile that runs
+past ``--compile_timeout_s`` cannot be interrupted inside XLA, so the script
+records it as timed out (not known to fit; the ladder goes on to the next
+rung, a one-chip search takes it as an upper bound) and restarts itself
+with ``--append``. At the end, and with
 ``--from_jsonl``, it prints the markdown table of docs/training.md. Step
 times and images/s are roofline ESTIMATES from XLA's cost analysis, not
 measurements.
@@ -41,6 +48,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from typing import Any, Iterator
 
@@ -80,6 +88,9 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
   flags.DEFINE_string("only", "", "Only cases matching KEY=VALUE,... "
                       "(keys: topology, parallelism, dtype), e.g. "
                       "dtype=bfloat16,parallelism=dp.", flag_values=fv)
+  flags.DEFINE_float("compile_timeout_s", 0, "Give up a compile after this "
+                       "many seconds (0: never): record it as timed out and "
+                       "restart with --append to go on.", flag_values=fv)
   flags.DEFINE_string("from_jsonl", None, "Print the table of this file and "
                       "stop (no compile).", flag_values=fv)
 
@@ -122,9 +133,13 @@ def case_config(config, case: dict[str, Any]):
 class Recorder:
   """Compiles cases, appending one JSON line each; replays recorded ones."""
 
-  def __init__(self, config, path: str, append: bool):
+  def __init__(self, config, path: str, append: bool,
+               timeout_s: float = 0, restart=None):
     self.config = config
     self.path = path
+    self.timeout_s = timeout_s
+    self.restart = restart or _restart_with_append
+    self._lock = threading.Lock()
     self.done: dict[str, dict[str, Any]] = {}
     if os.path.exists(path):
       if not append:
@@ -156,19 +171,37 @@ class Recorder:
     if key in self.done:
       return self.done[key]
     _progress(f"compiling {_describe(case)} ...")
+    watchdog = None
+    if self.timeout_s:
+      watchdog = threading.Timer(self.timeout_s, self._give_up, (case,))
+      watchdog.daemon = True
+      watchdog.start()
     start = time.perf_counter()
     report = fit_report.fit_report(case_config(self.config, case),
                                    self.target(case))
     wall = time.perf_counter() - start
-    row = {"case": case, "report": report, "wall_s": round(wall, 1),
-           "date": datetime.date.today().isoformat(),
-           "host": f"{platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores",
-           "jax": jax.__version__}
-    self._write(key, row)
+    with self._lock:
+      if watchdog:
+        watchdog.cancel()
+      if key in self.done:   # the watchdog gave up on it first
+        return self.done[key]
+      self._write(key, dict(case=case, report=report, wall_s=round(wall, 1),
+                            **_provenance()))
     _progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
               f"{_memory(report)} ({wall:.0f} s)")
-    return row
+    return self.done[key]
+
+  def _give_up(self, case: dict[str, Any]) -> None:
+    """The watchdog: records ``case`` as timed out, then restarts."""
+    with self._lock:
+      key = _key(case)
+      if key in self.done:   # finished just in time
+        return
+      self._write(key, dict(case=case, timed_out_s=self.timeout_s,
+                            **_provenance()))
+      _progress(f"  gave up after --compile_timeout_s={self.timeout_s:g} "
+                "(recorded as timed out); restarting with --append")
+      self.restart()
 
   def record_inferred(self, case: dict[str, Any], why: str) -> None:
     """A rung not compiled because a cheaper case already rules it out."""
@@ -180,6 +213,22 @@ class Recorder:
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row, default=str) + "\n")
     self.done[key] = row
+
+
+def _provenance() -> dict[str, str]:
+  return {"date": datetime.date.today().isoformat(),
+          "host": f"{platform.processor() or platform.machine()}, "
+                  f"{os.cpu_count()} cores",
+          "jax": jax.__version__}
+
+
+def _restart_with_append() -> None:
+  """Replaces this process (and the compile XLA will not let go of) with the
+  same command plus --append, which resumes after the recorded rows."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  argv = [a for a in sys.argv if a not in ("--append", "--noappend")]
+  os.execv(sys.executable, [sys.executable] + argv + ["--append"])
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -224,13 +273,12 @@ def _memory(report: dict[str, Any]) -> str:
           f"{_gib(m['temporaries'])} temps)")
 
 
-def sliced_cases(fv, only) -> Iterator[dict[str, Any]]:
+def sliced_cases(fv, only, dtype: str) -> Iterator[dict[str, Any]]:
   for topology in fv.topologies:
     for par in PARALLELISM:
-      for dtype in DTYPES:
-        case = {"topology": topology, "parallelism": par, "dtype": dtype}
-        if _matches(case, only):
-          yield case
+      case = {"topology": topology, "parallelism": par, "dtype": dtype}
+      if _matches(case, only):
+        yield case
 
 
 def run_ladder(rec: Recorder, base: dict[str, Any]) -> str | None:
@@ -244,7 +292,8 @@ def run_ladder(rec: Recorder, base: dict[str, Any]) -> str | None:
         rec.record_inferred(dict(base, remat=rung),
                             f"bfloat16 needed remat {twin}")
   for rung in LADDER[start:]:
-    if rec.compile(dict(base, remat=rung))["report"]["fits"]:
+    row = rec.compile(dict(base, remat=rung))
+    if "report" in row and row["report"]["fits"]:   # else refused/timed out
       return rung
   return None
 
@@ -266,7 +315,8 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   them (a refusal too), so each guess solves the line through the last two
   compiles (through zero after the first) for the chip's HBM; the bracket
   then closes in one or two more compiles. Another generation's one-chip
-  compiles give the first guess.
+  compiles give the first guess. A timed-out compile is an upper bound (not
+  known to fit).
   """
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
           "remat": "full"}
@@ -283,15 +333,18 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
                if r["per_device_bytes"]["arguments"]), 0.0)
   k = _solve(prior, hbm - args) if prior else FIRST_PER_TASK
   while True:
-    r = rec.compile(dict(base, per_task=k))["report"]
+    r = rec.compile(dict(base, per_task=k)).get("report")   # None: timed out
     points[k] = r
-    args = r["per_device_bytes"]["arguments"] or args
-    lo = max((j for j, p in points.items() if p["fits"]), default=0)
-    hi = min((j for j, p in points.items() if not p["fits"]),
+    if r:
+      args = r["per_device_bytes"]["arguments"] or args
+    lo = max((j for j, p in points.items() if p and p["fits"]), default=0)
+    hi = min((j for j, p in points.items() if not (p and p["fits"])),
              default=10**6)
     if hi == lo + 1:
       return lo or None
-    k = min(max(_solve(points, hbm - args), lo + 1), hi - 1)
+    known = {j: p for j, p in points.items() if p}
+    guess = _solve(known, hbm - args) if known else (lo + hi) // 2
+    k = min(max(guess, lo + 1), hi - 1)
     if k in points:   # the line points at a compiled batch: step inward
       k = lo + 1 if k == lo else hi - 1
 
@@ -333,7 +386,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     groups.setdefault(_key(g), []).append(row)
   for group in groups.values():
     compiled = [r for r in group if "report" in r]
-    if not compiled:
+    if not compiled:   # only inferred or timed-out rungs: nothing known
+      stopped = [f"{r['case']['remat']}: compile stopped after "
+                 f"{r['timed_out_s']} s" for r in group if "timed_out_s" in r]
+      if stopped:
+        c = group[0]["case"]
+        lines.append(f"| {_slice_name(c)} | | {c['parallelism']} | "
+                     f"{c['dtype']} | | not known | not known | | | | | | "
+                     f"{'; '.join(stopped)} |")
       continue
     best = _pick(compiled)
     c, r = best["case"], best["report"]
@@ -346,6 +406,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                              else "")
       if "inferred" in row:
         lower.append(f"{label}: not compiled ({row['inferred']})")
+      elif "timed_out_s" in row:
+        lower.append(f"{label}: compile stopped after {row['timed_out_s']} s"
+                     " (not known)")
       else:
         lower.append(f"{label}: {_memory(row['report'])}")
     per_chip = r["batch"] / r["devices"]
@@ -355,17 +418,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     mem = (f"{_gib(m['total'])} ({_gib(m['arguments'])} + "
            f"{_gib(m['temporaries'])})" if m["total"] is not None
            else f"{_gib(m['temporaries'])} temps (refused)")
-    name = (SLICE_NAMES.get(c["topology"], c["topology"])
-            if c["parallelism"] != "one_chip"
-            else f"1 chip of {SLICE_NAMES.get(c['topology'], c['topology'])}")
     lines.append(
-        f"| {name} | {r['devices']} | {c['parallelism']} | {c['dtype']} | "
+        f"| {_slice_name(c)} | {r['devices']} | {c['parallelism']} | {c['dtype']} | "
         f"{per_chip:g} | {_rung_label(best, compiled)} | {fits} "
         f"| {mem} | {_gib(r['hbm_bytes'])} | "
         f"{'' if est is None or not r['fits'] else f'{est:.3g} s'} | "
         f"{'' if est is None or not r['fits'] else f'{per_chip / est:.1f}'} "
         f"| {best['wall_s']:.0f} s | {'; '.join(lower)} |")
   return "\n".join(lines)
+
+
+def _slice_name(case: dict[str, Any]) -> str:
+  name = SLICE_NAMES.get(case["topology"], case["topology"])
+  return name if case["parallelism"] != "one_chip" else f"1 chip of {name}"
 
 
 def _rung_label(best: dict[str, Any], compiled: list[dict[str, Any]]) -> str:
@@ -396,22 +461,25 @@ def main(argv: list[str], fv: flags.FlagValues) -> None:
     print(table(read_rows(fv.from_jsonl)))
     return
   cli_flags.require(fv, "out")
+  if fv.compile_timeout_s < 0:
+    raise cli_flags.UsageError(f"--compile_timeout_s={fv.compile_timeout_s}:"
+                               " must be >= 0 (0: no timeout)")
   for t in fv.topologies:
     topologies.get(t)
   only = _only(fv.only)
   if not topologies.libtpu_available():
     raise cli_flags.UsageError("compiling for TPU needs libtpu: pip install "
                                "-e '.[tpu]' (no TPU needed)")
-  rec = Recorder(fv.config, fv.out, fv.append)
-  for case in sliced_cases(fv, only):
-    run_ladder(rec, case)
-  if fv.one_chip:
-    # bfloat16 (what TPU users train with) on every chip first.
-    for dtype in DTYPES:
-      for t in fv.topologies:
-        if _matches({"topology": t, "parallelism": "one_chip",
-                     "dtype": dtype}, only):
-          largest_one_chip(rec, t, dtype)
+  rec = Recorder(fv.config, fv.out, fv.append, fv.compile_timeout_s)
+  # bfloat16 (what TPU users train with) everywhere first; float32 cases
+  # start from their bfloat16 twins' rungs.
+  for dtype in DTYPES:
+    for case in sliced_cases(fv, only, dtype):
+      run_ladder(rec, case)
+    for t in fv.topologies if fv.one_chip else ():
+      if _matches({"topology": t, "parallelism": "one_chip",
+                   "dtype": dtype}, only):
+        largest_one_chip(rec, t, dtype)
   print(table(list(rec.done.values())))
 
 

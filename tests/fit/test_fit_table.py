@@ -7,6 +7,7 @@ the ``tpu`` test of test_fit.py) does.
 """
 
 import json
+import threading
 
 import pytest
 
@@ -150,3 +151,77 @@ def test_an_unfinished_ladder_is_not_reported_as_none_fits():
       [row])
   full = dict(row, case=dict(row["case"], remat="full"))
   assert "| none fits | no |" in fit_table.table([row, full])
+
+
+def test_bfloat16_everywhere_runs_before_any_float32(fake, tmp_path):
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v5e:2x4,v6e:2x4"])
+  dtypes = [r["case"]["dtype"] for r in _rows(out)]
+  first_f32 = dtypes.index("float32")
+  assert set(dtypes[:first_f32]) == {"bfloat16"}
+  assert set(dtypes[first_f32:]) == {"float32"}
+  # ...and the bfloat16 one-chip searches are among the bfloat16 rows.
+  assert any(r["case"]["parallelism"] == "one_chip"
+             for r in _rows(out)[:first_f32])
+
+
+def _hang_on(monkeypatch, stuck):
+  """fit_report blocks on the cases ``stuck`` picks until the watchdog's
+  restart (here a stand-in that releases it) runs."""
+  release = threading.Event()
+  restarts = []
+
+  def report(config, target):
+    if stuck(config):
+      release.wait(10)
+    return _fake_report(config, target)
+
+  def restart():
+    restarts.append(1)
+    release.set()
+  monkeypatch.setattr(fit_report, "fit_report", report)
+  monkeypatch.setattr(fit_table, "_restart_with_append", restart)
+  return restarts
+
+
+def test_a_compile_past_the_timeout_is_recorded_and_the_ladder_goes_on(
+    fake, tmp_path, monkeypatch, capsys):
+  restarts = _hang_on(monkeypatch, lambda c: not c.model.remat)
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4",
+        "--noone_chip", "--only=parallelism=dp,dtype=bfloat16",
+        "--compile_timeout_s=0.2"])
+  rows = _rows(out)
+  assert [r["case"]["remat"] for r in rows] == ["off", "dots"]
+  assert rows[0]["timed_out_s"] == 0.2 and "report" not in rows[0]
+  assert rows[1]["report"]["fits"] and restarts == [1]
+  assert "off: compile stopped after 0.2 s (not known)" in (
+      capsys.readouterr().out)
+
+
+def test_a_timed_out_one_chip_batch_is_an_upper_bound(
+    fake, tmp_path, monkeypatch):
+  per_task = lambda c: c.data.text_removal.batch_size  # noqa: E731
+  _hang_on(monkeypatch, lambda c: per_task(c) >= 8)
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4",
+        "--only=dtype=bfloat16,parallelism=one_chip",
+        "--compile_timeout_s=0.2"])
+  rows = {r["case"]["per_task"]: r for r in _rows(out)}
+  # 8 fits in the memory model but timed out: 7 is the largest known.
+  assert "timed_out_s" in rows[8]
+  assert rows[7]["report"]["fits"] and max(
+      k for k, r in rows.items() if "report" in r and r["report"]["fits"]) == 7
+
+
+def test_a_negative_timeout_is_a_usage_error(fake, tmp_path):
+  with pytest.raises(cli_flags.UsageError, match="compile_timeout_s"):
+    _run([f"--out={tmp_path / 't.jsonl'}", "--compile_timeout_s=-1"])
+
+
+def test_a_case_whose_every_compile_timed_out_still_has_a_line():
+  row = {"case": {"topology": "v6e:2x4", "parallelism": "dp",
+                  "dtype": "bfloat16", "remat": "off"}, "timed_out_s": 3600}
+  assert ("| v6e-8 | | dp | bfloat16 | | not known | not known |"
+          in fit_table.table([row]))
+  assert "off: compile stopped after 3600 s" in fit_table.table([row])
