@@ -34,7 +34,11 @@ Each compile appends one JSON line to ``--out`` at once (the report of
 past ``--compile_timeout_s`` cannot be interrupted inside XLA, so the script
 records it as timed out (not known to fit; the ladder goes on to the next
 rung, a one-chip search takes it as an upper bound) and restarts itself
-with ``--append``. At the end, and with
+with ``--append``. It restarts after every compile too (``--fresh_process``,
+on by default): the compiler does not give its memory back, and one process
+grew past 21 GiB over three paper compiles. The searches are deterministic
+given the recorded rows, so a restarted run takes the same path. At the
+end, and with
 ``--from_jsonl``, it prints the markdown table of docs/training.md. Step
 times and images/s are roofline ESTIMATES from XLA's cost analysis, not
 measurements.
@@ -88,6 +92,10 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
   flags.DEFINE_string("only", "", "Only cases matching KEY=VALUE,... "
                       "(keys: topology, parallelism, dtype), e.g. "
                       "dtype=bfloat16,parallelism=dp.", flag_values=fv)
+  flags.DEFINE_bool("fresh_process", True, "Restart (with --append) after "
+                    "each compile: the compiler's memory is not given back, "
+                    "and one process would grow from compile to compile.",
+                    flag_values=fv)
   flags.DEFINE_float("compile_timeout_s", 0, "Give up a compile after this "
                        "many seconds (0: never): record it as timed out and "
                        "restart with --append to go on.", flag_values=fv)
@@ -134,10 +142,11 @@ class Recorder:
   """Compiles cases, appending one JSON line each; replays recorded ones."""
 
   def __init__(self, config, path: str, append: bool,
-               timeout_s: float = 0, restart=None):
+               timeout_s: float = 0, restart=None, fresh: bool = False):
     self.config = config
     self.path = path
     self.timeout_s = timeout_s
+    self.fresh = fresh
     self.restart = restart or _restart_with_append
     self._lock = threading.Lock()
     self.done: dict[str, dict[str, Any]] = {}
@@ -189,6 +198,8 @@ class Recorder:
                             **_provenance()))
     _progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
               f"{_memory(report)} ({wall:.0f} s)")
+    if self.fresh:
+      self.restart()
     return self.done[key]
 
   def _give_up(self, case: dict[str, Any]) -> None:
@@ -470,7 +481,8 @@ def main(argv: list[str], fv: flags.FlagValues) -> None:
   if not topologies.libtpu_available():
     raise cli_flags.UsageError("compiling for TPU needs libtpu: pip install "
                                "-e '.[tpu]' (no TPU needed)")
-  rec = Recorder(fv.config, fv.out, fv.append, fv.compile_timeout_s)
+  rec = Recorder(fv.config, fv.out, fv.append, fv.compile_timeout_s,
+                 fresh=fv.fresh_process)
   # bfloat16 (what TPU users train with) everywhere first; float32 cases
   # start from their bfloat16 twins' rungs.
   for dtype in DTYPES:

@@ -61,6 +61,9 @@ def _fake(monkeypatch):
                              t.generation.hbm_bytes, 1e14, 1e12)
   monkeypatch.setattr(fit_report, "target_for", target_for)
   monkeypatch.setattr(fit_table.topologies, "libtpu_available", lambda: True)
+  # --fresh_process restarts after each compile; here the run goes on in
+  # this process (test_a_run_restarted_after_every_compile_... restarts).
+  monkeypatch.setattr(fit_table, "_restart_with_append", lambda: None)
 
 
 def _run(argv):
@@ -190,11 +193,11 @@ def test_a_compile_past_the_timeout_is_recorded_and_the_ladder_goes_on(
   out = str(tmp_path / "t.jsonl")
   _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4",
         "--noone_chip", "--only=parallelism=dp,dtype=bfloat16",
-        "--compile_timeout_s=0.2"])
+        "--compile_timeout_s=0.2", "--nofresh_process"])
   rows = _rows(out)
   assert [r["case"]["remat"] for r in rows] == ["off", "dots"]
   assert rows[0]["timed_out_s"] == 0.2 and "report" not in rows[0]
-  assert rows[1]["report"]["fits"] and restarts == [1]
+  assert rows[1]["report"]["fits"] and restarts
   assert "off: compile stopped after 0.2 s (not known)" in (
       capsys.readouterr().out)
 
@@ -206,7 +209,7 @@ def test_a_timed_out_one_chip_batch_is_an_upper_bound(
   out = str(tmp_path / "t.jsonl")
   _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4",
         "--only=dtype=bfloat16,parallelism=one_chip",
-        "--compile_timeout_s=0.2"])
+        "--compile_timeout_s=0.2", "--nofresh_process"])
   rows = {r["case"]["per_task"]: r for r in _rows(out)}
   # 8 fits in the memory model but timed out: 7 is the largest known.
   assert "timed_out_s" in rows[8]
@@ -225,3 +228,34 @@ def test_a_case_whose_every_compile_timed_out_still_has_a_line():
   assert ("| v6e-8 | | dp | bfloat16 | | not known | not known |"
           in fit_table.table([row]))
   assert "off: compile stopped after 3600 s" in fit_table.table([row])
+
+
+class _Restarted(Exception):
+  pass
+
+
+def test_a_run_restarted_after_every_compile_takes_the_same_path(
+    fake, tmp_path, monkeypatch):
+  argv = ["--config=tiny", "--topologies=v5e:2x4,v6e:2x4",
+          "--only=parallelism=dp"]
+  batch = [f"--config.data.{k}.batch_size=16" for k in fit_table.TASK_KEYS]
+  once = str(tmp_path / "once.jsonl")
+  _run([f"--out={once}", "--nofresh_process"] + argv + batch)
+
+  def restart():
+    raise _Restarted
+  monkeypatch.setattr(fit_table, "_restart_with_append", restart)
+  out = str(tmp_path / "restarted.jsonl")
+  runs = 0
+  while True:   # what os.execv with --append does, one process per compile
+    runs += 1
+    try:
+      _run([f"--out={out}"] + (["--append"] if runs > 1 else []) + argv
+           + batch)
+      break
+    except _Restarted:
+      pass
+  strip = lambda rows: [(r["case"], r.get("report")) for r in rows]  # noqa
+  assert strip(_rows(out)) == strip(_rows(once))
+  assert runs == len(_rows(once)) - sum("inferred" in r
+                                        for r in _rows(once)) + 1
