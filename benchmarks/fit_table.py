@@ -395,7 +395,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     if c["parallelism"] == "one_chip":
       g.pop("per_task")
     groups.setdefault(_key(g), []).append(row)
-  for group in groups.values():
+  for group in sorted(groups.values(), key=_order):
     compiled = [r for r in group if "report" in r]
     if not compiled:   # only inferred or timed-out rungs: nothing known
       stopped = [f"{r['case']['remat']}: compile stopped after "
@@ -437,6 +437,18 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"{'' if est is None or not r['fits'] else f'{per_chip / est:.1f}'} "
         f"| {best['wall_s']:.0f} s | {'; '.join(lower)} |")
   return "\n".join(lines)
+
+
+def _order(group: list[dict[str, Any]]) -> tuple:
+  """Table order: slices first (by DEFAULT_TOPOLOGIES), then one chip; data
+  parallel before FSDP; bfloat16 before float32."""
+  c = group[0]["case"]
+  known = list(DEFAULT_TOPOLOGIES)
+  return (c["parallelism"] == "one_chip",
+          known.index(c["topology"]) if c["topology"] in known else len(known),
+          c["topology"], list(PARALLELISM).index(c["parallelism"])
+          if c["parallelism"] in PARALLELISM else 0,
+          DTYPES.index(c["dtype"]))
 
 
 def _slice_name(case: dict[str, Any]) -> str:

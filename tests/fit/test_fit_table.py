@@ -259,3 +259,16 @@ def test_a_run_restarted_after_every_compile_takes_the_same_path(
   assert strip(_rows(out)) == strip(_rows(once))
   assert runs == len(_rows(once)) - sum("inferred" in r
                                         for r in _rows(once)) + 1
+
+
+def test_the_table_lists_slices_in_order_whatever_the_order_compiled():
+  def row(topology, par, dtype):
+    return {"case": {"topology": topology, "parallelism": par,
+                     "dtype": dtype, "remat": "full"}, "timed_out_s": 1}
+  rows = [row("v6e:2x4", "fsdp", "float32"), row("v4:2x2x1", "dp", "bfloat16"),
+          row("v6e:2x4", "dp", "bfloat16"), row("v4:2x2x1", "fsdp", "bfloat16")]
+  lines = fit_table.table(rows).split("\n")[2:]
+  cells = [[c.strip() for c in line.split("|")][1:5] for line in lines]
+  assert [(c[0], c[2], c[3]) for c in cells] == [
+      ("v4-8", "dp", "bfloat16"), ("v4-8", "fsdp", "bfloat16"),
+      ("v6e-8", "dp", "bfloat16"), ("v6e-8", "fsdp", "float32")]
