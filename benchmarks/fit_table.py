@@ -431,7 +431,7 @@ def table(rows: list[dict[str, Any]]) -> str:
            else f"{_gib(m['temporaries'])} temps (refused)")
     lines.append(
         f"| {_slice_name(c)} | {r['devices']} | {c['parallelism']} | {c['dtype']} | "
-        f"{per_chip:g} | {_rung_label(best, compiled)} | {fits} "
+        f"{per_chip:g} | {_rung_label(best, group)} | {fits} "
         f"| {mem} | {_gib(r['hbm_bytes'])} | "
         f"{'' if est is None or not r['fits'] else f'{est:.3g} s'} | "
         f"{'' if est is None or not r['fits'] else f'{per_chip / est:.1f}'} "
@@ -456,10 +456,17 @@ def _slice_name(case: dict[str, Any]) -> str:
   return name if case["parallelism"] != "one_chip" else f"1 chip of {name}"
 
 
-def _rung_label(best: dict[str, Any], compiled: list[dict[str, Any]]) -> str:
-  """The remat column: the rung shown, or why none is."""
+def _rung_label(best: dict[str, Any], group: list[dict[str, Any]]) -> str:
+  """The remat column: the rung shown, or why none is; a one-chip batch is
+  only the largest once a larger one was refused (or timed out)."""
+  compiled = [r for r in group if "report" in r]
+  c = best["case"]
   if best["report"]["fits"]:
-    return best["case"]["remat"]
+    if c["parallelism"] == "one_chip" and not any(
+        r["case"]["per_task"] > c["per_task"] and not r.get(
+            "report", {}).get("fits") for r in group):
+      return f"{c['remat']}; search unfinished (no larger batch refused yet)"
+    return c["remat"]
   if best["case"]["parallelism"] != "one_chip" and not any(
       r["case"]["remat"] == LADDER[-1] for r in compiled):
     return f"unfinished (only up to {best['case']['remat']} compiled)"

@@ -272,3 +272,20 @@ def test_the_table_lists_slices_in_order_whatever_the_order_compiled():
   assert [(c[0], c[2], c[3]) for c in cells] == [
       ("v4-8", "dp", "bfloat16"), ("v4-8", "fsdp", "bfloat16"),
       ("v6e-8", "dp", "bfloat16"), ("v6e-8", "fsdp", "float32")]
+
+
+def test_a_one_chip_batch_is_not_called_the_largest_before_a_refusal():
+  def row(per_task, fits):
+    return {"case": {"topology": "v5p:2x2x1", "parallelism": "one_chip",
+                     "dtype": "bfloat16", "remat": "full",
+                     "per_task": per_task},
+            "report": {"batch": 3 * per_task, "devices": 1, "fits": fits,
+                       "hbm_bytes": 95 * GiB, "roofline_estimate_s": 0.2,
+                       "per_device_bytes": {"arguments": GiB,
+                                            "temporaries": 18 * GiB,
+                                            "total": 19 * GiB}},
+            "wall_s": 484.0}
+  assert "| full; search unfinished (no larger batch refused yet) | yes |" in (
+      fit_table.table([row(4, True)]))
+  assert "| 12 | full | yes |" in fit_table.table([row(4, True),
+                                                   row(5, False)])
