@@ -38,10 +38,9 @@ with ``--append``. It restarts after every compile too (``--fresh_process``,
 on by default): the compiler does not give its memory back, and one process
 grew past 21 GiB over three paper compiles. The searches are deterministic
 given the recorded rows, so a restarted run takes the same path. At the
-end, and with
-``--from_jsonl``, it prints the markdown table of docs/training.md. Step
-times and images/s are roofline ESTIMATES from XLA's cost analysis, not
-measurements.
+end, and with ``--from_jsonl``, it prints the markdown table of
+docs/training.md. Step times and images/s are roofline ESTIMATES from XLA's
+cost analysis, not measurements.
 """
 
 from __future__ import annotations
