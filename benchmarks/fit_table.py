@@ -141,12 +141,11 @@ class Recorder:
   """Compiles cases, appending one JSON line each; replays recorded ones."""
 
   def __init__(self, config, path: str, append: bool,
-               timeout_s: float = 0, restart=None, fresh: bool = False):
+               timeout_s: float = 0, fresh: bool = False):
     self.config = config
     self.path = path
     self.timeout_s = timeout_s
     self.fresh = fresh
-    self.restart = restart or _restart_with_append
     self._lock = threading.Lock()
     self.done: dict[str, dict[str, Any]] = {}
     if os.path.exists(path):
@@ -198,7 +197,7 @@ class Recorder:
     _progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
               f"{_memory(report)} ({wall:.0f} s)")
     if self.fresh:
-      self.restart()
+      _restart_with_append()
     return self.done[key]
 
   def _give_up(self, case: dict[str, Any]) -> None:
@@ -211,7 +210,7 @@ class Recorder:
                             **_provenance()))
       _progress(f"  gave up after --compile_timeout_s={self.timeout_s:g} "
                 "(recorded as timed out); restarting with --append")
-      self.restart()
+      _restart_with_append()
 
   def record_inferred(self, case: dict[str, Any], why: str) -> None:
     """A rung not compiled because a cheaper case already rules it out."""
