@@ -22,8 +22,10 @@ Compiles the real train step (``upocr_jax.fit.report``, what ``upocr-train
   the rungs it skips are written as ``inferred``, never as compiled.
 * one chip of each generation (``--one_chip``): the largest batch (in whole
   images per task) that fits with remat ``full``, bracketed by compiles:
-  it fits at that batch and is refused one image per task above. The first
-  guesses solve a line through the temporaries of the compiles so far.
+  it fits at that batch and is refused one image per task above. Guesses
+  solve a line through the temporaries of the compiles so far; where the
+  temporaries stop growing near the limit, the batch grows by a quarter
+  until a refusal and the bracket is bisected.
 
 Every bfloat16 case (slices, then one chip) runs before any float32 one,
 so a run stopped early has the rows TPU users train with.
@@ -320,12 +322,14 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   bracketed by a fitting compile and a refused one (None if 1 per task is
   refused).
 
-  Temporaries grow about linearly with the batch, and every compile gives
-  them (a refusal too), so each guess solves the line through the last two
-  compiles (through zero after the first) for the chip's HBM; the bracket
-  then closes in one or two more compiles. Another generation's one-chip
-  compiles give the first guess. A timed-out compile is an upper bound (not
-  known to fit).
+  Temporaries grow about linearly with small batches, and every compile
+  gives them (a refusal too), so a guess solves a line through the compiles
+  so far (``_solve``) for the chip's HBM. Near the limit they stop growing
+  (the compiler schedules tighter: on v5p, 78 images needed less than 60),
+  and the line then points at a batch already known to fit; the search
+  then grows the batch by a quarter until a refusal (else it tries one
+  image per task more), and bisects a bracket the line does not split. Another generation's one-chip compiles give the first guess. A
+  timed-out compile is an upper bound (not known to fit).
   """
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
           "remat": "full"}
@@ -348,32 +352,43 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
       args = r["per_device_bytes"]["arguments"] or args
     lo = max((j for j, p in points.items() if p and p["fits"]), default=0)
     hi = min((j for j, p in points.items() if not (p and p["fits"])),
-             default=10**6)
+             default=_UNBOUNDED)
     if hi == lo + 1:
       return lo or None
     known = {j: p for j, p in points.items() if p}
-    guess = _solve(known, hbm - args) if known else (lo + hi) // 2
-    k = min(max(guess, lo + 1), hi - 1)
-    if k in points:   # the line points at a compiled batch: step inward
-      k = lo + 1 if k == lo else hi - 1
+    k = _solve(known, hbm - args) if known else lo
+    if not lo < k < hi:   # the line is no guide here
+      k = (lo + hi) // 2 if hi < _UNBOUNDED else lo + 1
+      if hi == _UNBOUNDED and _flat(known):
+        k = lo + max(1, lo // 4)
+
+
+def _flat(points: dict[int, dict[str, Any]]) -> bool:
+  """Whether the two largest fitting batches needed no more temporaries from
+  one to the other (the compiler scheduling tighter near the limit)."""
+  fit = sorted(k for k, p in points.items() if p["fits"])[-2:]
+  t = [points[k]["per_device_bytes"]["temporaries"] for k in fit]
+  return len(t) == 2 and t[1] <= t[0]
 
 
 # Images per task of the first one-chip compile (fits a 16 GiB chip in bf16).
 FIRST_PER_TASK = 4
+_UNBOUNDED = 10**6   # no refused batch yet
 
 
 def _solve(points: dict[int, dict[str, Any]], budget: float) -> int:
   """Images per task whose temporaries just fit ``budget`` bytes, on the line
-  through the last two compiles (through zero with one)."""
-  ks = list(points)[-2:]
-  ts = [points[k]["per_device_bytes"]["temporaries"] for k in ks]
-  if len(ks) == 1 or ks[0] == ks[1]:
-    slope, icpt = ts[0] / ks[0], 0.0
+  through the two largest neighbouring batches whose temporaries still grew
+  (through zero and the smallest batch when none did)."""
+  ks = sorted(points)
+  t = {k: points[k]["per_device_bytes"]["temporaries"] for k in ks}
+  grew = [(a, b) for a, b in zip(ks, ks[1:]) if t[b] > t[a]]
+  if grew:
+    a, b = grew[-1]
+    slope = (t[b] - t[a]) / (b - a)
+    icpt = t[a] - slope * a
   else:
-    slope = (ts[1] - ts[0]) / (ks[1] - ks[0])
-    icpt = ts[0] - slope * ks[0]
-  if slope <= 0:
-    return max(ks) + 1
+    slope, icpt = t[ks[0]] / ks[0], 0.0
   return max(1, int((budget - icpt) // slope))
 
 

@@ -127,6 +127,35 @@ def test_one_chip_largest_batch_is_bracketed_by_a_fit_and_a_refusal(
   assert all(r["report"]["devices"] == 1 for r in one)
 
 
+def test_one_chip_search_grows_where_the_temporaries_stop_growing(
+    fake, tmp_path, monkeypatch):
+  # As on v5p: near the limit the compiler schedules tighter and the
+  # temporaries stop growing with the batch (here flat at 70 GiB from 59
+  # images on), so the line keeps pointing at a batch known to fit. The
+  # chip refuses above 40 per task.
+  def report(config, target):
+    out = _fake_report(config, target)
+    per_task = config.data.text_removal.batch_size
+    need = min(out["per_device_bytes"]["temporaries"], 70 * GiB)
+    out.pop("compiler_error", None)
+    out.update(fits=True, per_device_bytes={
+        "arguments": ARGS, "temporaries": need, "outputs_not_aliased": 0,
+        "total": ARGS + need})
+    if per_task > 40:
+      out.update(fits=False, compiler_error="exceeds available HBM")
+    return out
+  monkeypatch.setattr(fit_report, "fit_report", report)
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v5p:2x2x1",
+        "--only=dtype=bfloat16,parallelism=one_chip"])
+  tried = [r["case"]["per_task"] for r in _rows(out)]
+  fits = {r["case"]["per_task"]: r["report"]["fits"] for r in _rows(out)}
+  assert fits[40] and not fits[41], tried
+  # Not one image per task at a time from 26 (16 compiles): grown by a
+  # quarter past the flat part (35 -> 43), then bracketed.
+  assert tried[:4] == [4, 26, 35, 43] and len(tried) <= 8, tried
+
+
 def test_only_rejects_an_unknown_key():
   with pytest.raises(cli_flags.UsageError, match="expected KEY=VALUE"):
     fit_table._only("chip=v4")  # pylint: disable=protected-access
