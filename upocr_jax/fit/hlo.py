@@ -110,21 +110,103 @@ def _is_less_than(ins: _Instr, comps: dict[str, list[_Instr]]) -> bool:
       for i in comps.get(callee.group(1), []))
 
 
-def _trip_from_condition(comps: dict[str, list[_Instr]], condition: str) -> int:
-  """Trip count of a counted loop from its condition ``i < N`` (the TPU
-  compiler drops the known_trip_count attribute that the CPU and GPU
-  compilers keep): N, assuming the counter starts at 0 as lax.scan and
-  fori_loop lower; 1 (counted once, as cost_analysis does) when the condition
-  is not of that form."""
-  instrs = comps.get(condition, [])
-  consts = {i.name: i.raw_operands.strip() for i in instrs if i.op == "constant"}
-  for ins in instrs:
-    if _is_less_than(ins, comps):
-      for operand in ins.operands[1:]:
-        value = consts.get(operand, "")
-        if value.isdigit():
-          return int(value)
+def _by_name(instrs: list[_Instr]) -> dict[str, _Instr]:
+  return {i.name: i for i in instrs}
+
+
+def _tuple_index(ins: _Instr | None) -> int | None:
+  """K of ``get-tuple-element(param), index=K``, else None."""
+  m = re.search(r"\bindex=(\d+)", ins.attrs) if ins else None
+  return int(m.group(1)) if m and ins.op == "get-tuple-element" else None
+
+
+def _source(named: dict[str, _Instr], name: str) -> _Instr | None:
+  """The instruction ``name``, seen through copies (the CPU compiler copies
+  loop counters)."""
+  ins = named.get(name)
+  while ins is not None and ins.op == "copy" and ins.operands:
+    ins = named.get(ins.operands[0])
+  return ins
+
+
+def _int_constant(ins: _Instr | None) -> int | None:
+  value = ins.raw_operands.strip() if ins and ins.op == "constant" else ""
+  return int(value) if value.lstrip("-").isdigit() else None
+
+
+def _add_operands(comps: dict[str, list[_Instr]], ins: _Instr | None
+                  ) -> list[str] | None:
+  """Operands of an ``add``, or of a fusion that wraps just one (CPU)."""
+  if ins is None:
+    return None
+  if ins.op == "add":
+    return ins.operands
+  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
+  body = comps.get(callee.group(1), []) if ins.op == "fusion" and callee \
+      else []
+  if [i.op for i in body if i.op != "parameter"] == ["add"]:
+    return ins.operands
+  return None
+
+
+def _trip_count(comps: dict[str, list[_Instr]], roots: dict[str, str],
+                loop: tuple[str, str, str, str]) -> int:
+  """Trip count of a counted loop ``for (i = start; i < N; i += step)``
+  from its condition, body and initial tuple (the TPU compiler drops the
+  known_trip_count attribute that the CPU and GPU compilers keep). lax.scan
+  and fori_loop count from 0 by 1; the TPU compiler's windowed einsums
+  (all-gather or reduce-scatter fused into a dot over N shards, as FSDP
+  makes) step by 2. A start or step that is not a literal counts as 0 and
+  1. 1 (counted once, as cost_analysis does) when the condition is not of
+  that form.
+
+  ``loop`` is (caller, body, condition, initial tuple) of the while.
+  """
+  caller, body, condition, init = loop
+  cond = comps.get(condition, [])
+  named = _by_name(cond)
+  for ins in cond:
+    if not _is_less_than(ins, comps):
+      continue
+    limit = next((v for v in (_int_constant(named.get(o))
+                              for o in ins.operands[1:]) if v is not None),
+                 None)
+    if limit is None:
+      continue
+    k = next((i for i in (_tuple_index(_source(named, o))
+                          for o in ins.operands) if i is not None), None)
+    return -(-(limit - _start(comps, caller, init, k)) //
+             _step(comps, body, roots.get(body), k))
   return 1
+
+
+def _start(comps: dict[str, list[_Instr]], caller: str, init: str,
+           k: int | None) -> int:
+  """The literal initial value of element ``k`` of a while's tuple, or 0."""
+  named = _by_name(comps.get(caller, []))
+  tup = named.get(init)
+  if k is None or tup is None or tup.op != "tuple" or k >= len(tup.operands):
+    return 0
+  value = _int_constant(_source(named, tup.operands[k]))
+  return value if value is not None else 0
+
+
+def _step(comps: dict[str, list[_Instr]], body: str, root: str | None,
+          k: int | None) -> int:
+  """The literal step of element ``k`` of a loop body's result tuple
+  (``add(get-tuple-element(param, k), constant)``), or 1."""
+  named = _by_name(comps.get(body, []))
+  tup = named.get(root) if root else None
+  if k is None or tup is None or tup.op != "tuple" or k >= len(tup.operands):
+    return 1
+  operands = _add_operands(comps, _source(named, tup.operands[k]))
+  if operands is None:
+    return 1
+  ops = [_source(named, o) for o in operands]
+  if not any(_tuple_index(o) == k for o in ops):
+    return 1
+  step = next((v for v in map(_int_constant, ops) if v is not None), None)
+  return step if step and step > 0 else 1
 
 
 def parse(hlo_text: str) -> Program:
@@ -133,8 +215,10 @@ def parse(hlo_text: str) -> Program:
   comps: dict[str, list[_Instr]] = {}
   edges: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
   fused: set[str] = set()
-  # (caller, body, condition) of loops without a known_trip_count attribute.
-  untripped: list[tuple[str, str, str]] = []
+  # (caller, body, condition, initial tuple) of loops without a
+  # known_trip_count attribute.
+  untripped: list[tuple[str, str, str, str]] = []
+  roots: dict[str, str] = {}
   entry = current = None
   for line in hlo_text.splitlines():
     if line and not line[0].isspace():
@@ -148,6 +232,8 @@ def parse(hlo_text: str) -> Program:
     if not m:
       continue
     name, rhs = m.groups()
+    if line.lstrip().startswith("ROOT"):
+      roots[current] = name
     result, rest = _split_type(rhs)
     types[name] = result
     op, paren, rest = rest.partition("(")
@@ -160,7 +246,9 @@ def parse(hlo_text: str) -> Program:
     for kind, callees in calls.items():
       for callee in callees:
         if kind == "body" and not trip:  # resolved from its condition below
-          untripped.append((current, callee, calls["condition"][0]))
+          init = re.findall(r"%([\w.\-]+)", operands)
+          untripped.append((current, callee, calls["condition"][0],
+                            init[0] if init else ""))
           continue
         mult = int(trip.group(1)) if kind == "body" and trip else 1
         edges[current].append((callee, mult))
@@ -169,8 +257,8 @@ def parse(hlo_text: str) -> Program:
     comps[current].append(_Instr(name, op, result,
                                  re.findall(r"%([\w.\-]+)", operands),
                                  attrs, operands))
-  for caller, body, condition in untripped:
-    edges[caller].append((body, _trip_from_condition(comps, condition)))
+  for loop in untripped:
+    edges[loop[0]].append((loop[1], _trip_count(comps, roots, loop)))
   times: dict[str, int] = collections.defaultdict(int)
   once: dict[str, int] = collections.defaultdict(int)
 
