@@ -1,7 +1,8 @@
 """Collectives and loop-corrected costs from optimized HLO text.
 
 The text is ``compiled.as_text()`` of an SPMD-partitioned program (shapes are
-per device). The call graph (while bodies with their known trip counts,
+per device). The call graph (while bodies with their trip counts: XLA's
+known_trip_count, else counted from the loop's condition, start and step;
 fusions, calls, conditionals) says how often each computation runs per step.
 
 XLA's ``cost_analysis`` counts the body of a while loop once, whatever its
