@@ -471,14 +471,20 @@ def _slice_name(case: dict[str, Any]) -> str:
 
 def _rung_label(best: dict[str, Any], group: list[dict[str, Any]]) -> str:
   """The remat column: the rung shown, or why none is; a one-chip batch is
-  only the largest once a larger one was refused (or timed out)."""
+  only the largest once one image per task more did not fit (refused,
+  too big, or timed out)."""
   compiled = [r for r in group if "report" in r]
   c = best["case"]
   if best["report"]["fits"]:
-    if c["parallelism"] == "one_chip" and not any(
-        r["case"]["per_task"] > c["per_task"] and not r.get(
-            "report", {}).get("fits") for r in group):
-      return f"{c['remat']}; search unfinished (no larger batch refused yet)"
+    if c["parallelism"] == "one_chip":
+      above = [r["case"]["per_task"] for r in group
+               if r["case"]["per_task"] > c["per_task"]
+               and not r.get("report", {}).get("fits")]
+      if not above:
+        return f"{c['remat']}; search unfinished (no larger batch refused yet)"
+      if min(above) > c["per_task"] + 1:
+        return (f"{c['remat']}; search unfinished (smallest batch that did "
+                f"not fit so far: {3 * min(above)} images)")
     return c["remat"]
   if best["case"]["parallelism"] != "one_chip" and not any(
       r["case"]["remat"] == LADDER[-1] for r in compiled):

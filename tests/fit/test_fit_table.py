@@ -318,3 +318,7 @@ def test_a_one_chip_batch_is_not_called_the_largest_before_a_refusal():
       fit_table.table([row(4, True)]))
   assert "| 12 | full | yes |" in fit_table.table([row(4, True),
                                                    row(5, False)])
+  # A gap between the fit and the refusal is not searched yet.
+  assert ("| 12 | full; search unfinished (smallest batch that did not fit "
+          "so far: 18 images) | yes |") in fit_table.table([row(4, True),
+                                                             row(6, False)])
