@@ -326,10 +326,12 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   gives them (a refusal too), so a guess solves a line through the compiles
   so far (``_solve``) for the chip's HBM. Near the limit they stop growing
   (the compiler schedules tighter: on v5p, 78 images needed less than 60),
-  and the line then points at a batch already known to fit; the search
-  then grows the batch by a quarter until a refusal (else it tries one
-  image per task more), and bisects a bracket the line does not split. Another generation's one-chip compiles give the first guess. A
-  timed-out compile is an upper bound (not known to fit).
+  and the line then points at a batch already known to fit: there the
+  search grows the batch by a quarter until a refusal. Where the line
+  points at a fit that was not flat, it tries one image per task more; a
+  bracket the line does not split is bisected. Another generation's
+  one-chip compiles give the first guess. A timed-out compile is an upper
+  bound (not known to fit).
   """
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
           "remat": "full"}
