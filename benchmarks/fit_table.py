@@ -336,9 +336,14 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
           "remat": "full"}
   hbm = topologies.get(topology).generation.hbm_bytes
-  points: dict[int, dict[str, Any]] = {}
-  # Another chip's one-chip compiles (same program, same dtype) give the
-  # first guess; else FIRST_PER_TASK.
+  # This chip's recorded compiles (None: timed out) are where a resumed
+  # search goes on from, whatever other chips recorded since.
+  points: dict[int, dict[str, Any] | None] = {
+      row["case"]["per_task"]: row.get("report")
+      for row in rec.done.values()
+      if _key(dict(row["case"], per_task=0)) == _key(dict(base, per_task=0))}
+  # Else another chip's one-chip compiles (same program, same dtype) give
+  # the first guess; else FIRST_PER_TASK.
   prior = {row["case"]["per_task"]: row["report"]
            for row in rec.done.values()
            if "report" in row and row["case"]["parallelism"] == "one_chip"
@@ -346,12 +351,14 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
            and row["case"]["topology"] != topology}
   args = next((r["per_device_bytes"]["arguments"] for r in prior.values()
                if r["per_device_bytes"]["arguments"]), 0.0)
-  k = _solve(prior, hbm - args) if prior else FIRST_PER_TASK
+  k = None if points else (_solve(prior, hbm - args) if prior
+                           else FIRST_PER_TASK)
   while True:
-    r = rec.compile(dict(base, per_task=k)).get("report")   # None: timed out
-    points[k] = r
-    if r:
-      args = r["per_device_bytes"]["arguments"] or args
+    if k is not None:
+      points[k] = rec.compile(dict(base, per_task=k)).get("report")
+    args = next((p["per_device_bytes"]["arguments"] for _, p in
+                 sorted(points.items(), reverse=True)
+                 if p and p["per_device_bytes"]["arguments"]), args)
     lo = max((j for j, p in points.items() if p and p["fits"]), default=0)
     hi = min((j for j, p in points.items() if not (p and p["fits"])),
              default=_UNBOUNDED)

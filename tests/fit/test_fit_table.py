@@ -156,6 +156,28 @@ def test_one_chip_search_grows_where_the_temporaries_stop_growing(
   assert tried[:4] == [4, 26, 35, 43] and len(tried) <= 8, tried
 
 
+def test_a_resumed_one_chip_search_ignores_chips_recorded_after_it(
+    fake, tmp_path, monkeypatch):
+  # Another chip's rows give only the first guess of a search that has no
+  # compiles of its own; once v5p's search is recorded, v6e's rows added
+  # later must not send a resumed v5p search down another path.
+  def report(config, target):   # v6e's line is not v5p's
+    out = _fake_report(config, target)
+    if "v6e" in target.name:
+      out["per_device_bytes"]["temporaries"] *= 1.1
+    return out
+  monkeypatch.setattr(fit_report, "fit_report", report)
+  out = str(tmp_path / "t.jsonl")
+  only = "--only=dtype=bfloat16,parallelism=one_chip"
+  _run([f"--out={out}", "--config=tiny", "--topologies=v5p:2x2x1", only])
+  _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4", only,
+        "--append"])
+  n = len(CALLS)
+  _run([f"--out={out}", "--config=tiny", "--topologies=v5p:2x2x1,v6e:2x4",
+        only, "--append"])
+  assert len(CALLS) == n
+
+
 def test_only_rejects_an_unknown_key():
   with pytest.raises(cli_flags.UsageError, match="expected KEY=VALUE"):
     fit_table._only("chip=v4")  # pylint: disable=protected-access
