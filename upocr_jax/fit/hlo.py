@@ -30,6 +30,8 @@ import dataclasses
 import math
 import re
 
+from upocr_jax.fit import hlo_loops
+
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2,
@@ -49,19 +51,9 @@ _FREE_OPS = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast",
 
 
 @dataclasses.dataclass
-class _Instr:
-  name: str
-  op: str
-  result: str          # the result type text
-  operands: list[str]  # operand names
-  attrs: str
-  raw_operands: str = ""  # e.g. the index of a parameter
-
-
-@dataclasses.dataclass
 class Program:
   """Parsed HLO: instructions per computation and runs per step."""
-  comps: dict[str, list[_Instr]]
+  comps: dict[str, list[hlo_loops.Instr]]
   types: dict[str, str]
   times: dict[str, int]       # runs per step, loops at their trip counts
   once: dict[str, int]        # runs as cost_analysis counts (loops once)
@@ -101,119 +93,10 @@ def _split_operands(rest: str) -> tuple[str, str]:
   return rest, ""
 
 
-def _is_less_than(ins: _Instr, comps: dict[str, list[_Instr]]) -> bool:
-  """A compare with direction LT, or a fusion wrapping one (CPU)."""
-  if ins.op == "compare":
-    return "direction=LT" in ins.attrs
-  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
-  return ins.op == "fusion" and callee is not None and any(
-      i.op == "compare" and "direction=LT" in i.attrs
-      for i in comps.get(callee.group(1), []))
-
-
-def _by_name(instrs: list[_Instr]) -> dict[str, _Instr]:
-  return {i.name: i for i in instrs}
-
-
-def _tuple_index(ins: _Instr | None) -> int | None:
-  """K of ``get-tuple-element(param), index=K``, else None."""
-  m = re.search(r"\bindex=(\d+)", ins.attrs) if ins else None
-  return int(m.group(1)) if m and ins.op == "get-tuple-element" else None
-
-
-def _source(named: dict[str, _Instr], name: str) -> _Instr | None:
-  """The instruction ``name``, seen through copies (the CPU compiler copies
-  loop counters)."""
-  ins = named.get(name)
-  while ins is not None and ins.op == "copy" and ins.operands:
-    ins = named.get(ins.operands[0])
-  return ins
-
-
-def _int_constant(ins: _Instr | None) -> int | None:
-  value = ins.raw_operands.strip() if ins and ins.op == "constant" else ""
-  return int(value) if value.lstrip("-").isdigit() else None
-
-
-def _add_operands(comps: dict[str, list[_Instr]], ins: _Instr | None
-                  ) -> list[str] | None:
-  """Operands of an ``add``, or of a fusion that wraps just one (CPU)."""
-  if ins is None:
-    return None
-  if ins.op == "add":
-    return ins.operands
-  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
-  body = comps.get(callee.group(1), []) if ins.op == "fusion" and callee \
-      else []
-  if [i.op for i in body if i.op != "parameter"] == ["add"]:
-    return ins.operands
-  return None
-
-
-def _trip_count(comps: dict[str, list[_Instr]], roots: dict[str, str],
-                loop: tuple[str, str, str, str]) -> int:
-  """Trip count of a counted loop ``for (i = start; i < N; i += step)``
-  from its condition, body and initial tuple (the TPU compiler drops the
-  known_trip_count attribute that the CPU and GPU compilers keep). lax.scan
-  and fori_loop count from 0 by 1; the TPU compiler's windowed einsums
-  (all-gather or reduce-scatter fused into a dot over N shards, as FSDP
-  makes) step by 2. A start or step that is not a literal counts as 0 and
-  1. 1 (counted once, as cost_analysis does) when the condition is not of
-  that form.
-
-  ``loop`` is (caller, body, condition, initial tuple) of the while.
-  """
-  caller, body, condition, init = loop
-  cond = comps.get(condition, [])
-  named = _by_name(cond)
-  for ins in cond:
-    if not _is_less_than(ins, comps):
-      continue
-    limit = next((v for v in (_int_constant(named.get(o))
-                              for o in ins.operands[1:]) if v is not None),
-                 None)
-    if limit is None:
-      continue
-    k = next((i for i in (_tuple_index(_source(named, o))
-                          for o in ins.operands) if i is not None), None)
-    return -(-(limit - _start(comps, caller, init, k)) //
-             _step(comps, body, roots.get(body), k))
-  return 1
-
-
-def _start(comps: dict[str, list[_Instr]], caller: str, init: str,
-           k: int | None) -> int:
-  """The literal initial value of element ``k`` of a while's tuple, or 0."""
-  named = _by_name(comps.get(caller, []))
-  tup = named.get(init)
-  if k is None or tup is None or tup.op != "tuple" or k >= len(tup.operands):
-    return 0
-  value = _int_constant(_source(named, tup.operands[k]))
-  return value if value is not None else 0
-
-
-def _step(comps: dict[str, list[_Instr]], body: str, root: str | None,
-          k: int | None) -> int:
-  """The literal step of element ``k`` of a loop body's result tuple
-  (``add(get-tuple-element(param, k), constant)``), or 1."""
-  named = _by_name(comps.get(body, []))
-  tup = named.get(root) if root else None
-  if k is None or tup is None or tup.op != "tuple" or k >= len(tup.operands):
-    return 1
-  operands = _add_operands(comps, _source(named, tup.operands[k]))
-  if operands is None:
-    return 1
-  ops = [_source(named, o) for o in operands]
-  if not any(_tuple_index(o) == k for o in ops):
-    return 1
-  step = next((v for v in map(_int_constant, ops) if v is not None), None)
-  return step if step and step > 0 else 1
-
-
 def parse(hlo_text: str) -> Program:
   """Parses optimized HLO text into a :class:`Program`."""
   types: dict[str, str] = {}
-  comps: dict[str, list[_Instr]] = {}
+  comps: dict[str, list[hlo_loops.Instr]] = {}
   edges: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
   fused: set[str] = set()
   # (caller, body, condition, initial tuple) of loops without a
@@ -255,11 +138,12 @@ def parse(hlo_text: str) -> Program:
         edges[current].append((callee, mult))
         if op == "fusion" and kind == "calls":
           fused.add(callee)
-    comps[current].append(_Instr(name, op, result,
-                                 re.findall(r"%([\w.\-]+)", operands),
-                                 attrs, operands))
+    comps[current].append(hlo_loops.Instr(
+        name, op, result, re.findall(r"%([\w.\-]+)", operands), attrs,
+        operands))
   for loop in untripped:
-    edges[loop[0]].append((loop[1], _trip_count(comps, roots, loop)))
+    edges[loop[0]].append((loop[1],
+                           hlo_loops.trip_count(comps, roots, loop)))
   times: dict[str, int] = collections.defaultdict(int)
   once: dict[str, int] = collections.defaultdict(int)
 
@@ -334,7 +218,7 @@ _CUDNN_BACKWARD_FILTER = "__cudnn$convBackwardFilter"
 _TARGET_RE = re.compile(r'custom_call_target="([^"]+)"')
 
 
-def _matmul_kind(ins: _Instr) -> str:
+def _matmul_kind(ins: hlo_loops.Instr) -> str:
   """'dot', 'convolution' or '' (not a matmul), custom-calls included."""
   if ins.op in ("dot", "convolution"):
     return ins.op
@@ -350,7 +234,7 @@ def _matmul_kind(ins: _Instr) -> str:
   return ""
 
 
-def _dot_flops(ins: _Instr, types: dict[str, str]) -> float:
+def _dot_flops(ins: hlo_loops.Instr, types: dict[str, str]) -> float:
   """2 x output elements x contracted size of a dot or convolution (or of
   the cuBLAS / cuDNN custom-call standing for one)."""
   kind = _matmul_kind(ins)
@@ -412,14 +296,14 @@ def _dot_flops(ins: _Instr, types: dict[str, str]) -> float:
   return 2.0 * out / max(spatial_out, 1) * per_output
 
 
-def _fusion_bytes(program: Program, ins: _Instr) -> float:
+def _fusion_bytes(program: Program, ins: hlo_loops.Instr) -> float:
   """Bytes a fusion reads and writes: sliced operands count their slices,
   an in-place dynamic-update-slice root its update."""
   body = program.comps.get(ins.attrs and next(
       (c for c in re.findall(r"calls=%?([\w.\-]+)", ins.attrs)), ""), [])
   params = {i.name: int(i.raw_operands or 0) for i in body
             if i.op == "parameter"}
-  users: dict[str, list[_Instr]] = collections.defaultdict(list)
+  users: dict[str, list[hlo_loops.Instr]] = collections.defaultdict(list)
   for i in body:
     for o in i.operands:
       users[o].append(i)
