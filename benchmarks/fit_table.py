@@ -341,7 +341,7 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   points: dict[int, dict[str, Any] | None] = {
       row["case"]["per_task"]: row.get("report")
       for row in rec.done.values()
-      if _key(dict(row["case"], per_task=0)) == _key(dict(base, per_task=0))}
+      if all(row["case"].get(k) == v for k, v in base.items())}
   # Else another chip's one-chip compiles (same program, same dtype) give
   # the first guess; else FIRST_PER_TASK.
   prior = {row["case"]["per_task"]: row["report"]

@@ -141,9 +141,10 @@ def parse(hlo_text: str) -> Program:
     comps[current].append(hlo_loops.Instr(
         name, op, result, re.findall(r"%([\w.\-]+)", operands), attrs,
         operands))
+  names = {c: {i.name: i for i in instrs} for c, instrs in comps.items()}
   for loop in untripped:
     edges[loop[0]].append((loop[1],
-                           hlo_loops.trip_count(comps, roots, loop)))
+                           hlo_loops.trip_count(comps, names, roots, loop)))
   times: dict[str, int] = collections.defaultdict(int)
   once: dict[str, int] = collections.defaultdict(int)
 

@@ -33,10 +33,6 @@ def _is_less_than(ins: Instr, comps: dict[str, list[Instr]]) -> bool:
       for i in comps.get(callee.group(1), []))
 
 
-def _by_name(instrs: list[Instr]) -> dict[str, Instr]:
-  return {i.name: i for i in instrs}
-
-
 def _tuple_index(ins: Instr | None) -> int | None:
   """K of ``get-tuple-element(param), index=K``, else None."""
   m = re.search(r"\bindex=(\d+)", ins.attrs) if ins else None
@@ -72,8 +68,9 @@ def _add_operands(comps: dict[str, list[Instr]], ins: Instr | None
   return None
 
 
-def trip_count(comps: dict[str, list[Instr]], roots: dict[str, str],
-                loop: tuple[str, str, str, str]) -> int:
+def trip_count(comps: dict[str, list[Instr]],
+               names: dict[str, dict[str, Instr]], roots: dict[str, str],
+               loop: tuple[str, str, str, str]) -> int:
   """Trip count of a counted loop ``for (i = start; i < N; i += step)``
   from its condition, body and initial tuple (the TPU compiler drops the
   known_trip_count attribute that the CPU and GPU compilers keep). lax.scan
@@ -83,12 +80,12 @@ def trip_count(comps: dict[str, list[Instr]], roots: dict[str, str],
   1. 1 (counted once, as cost_analysis does) when the condition is not of
   that form.
 
+  ``names`` maps each computation's instruction names to instructions;
   ``loop`` is (caller, body, condition, initial tuple) of the while.
   """
   caller, body, condition, init = loop
-  cond = comps.get(condition, [])
-  named = _by_name(cond)
-  for ins in cond:
+  named = names.get(condition, {})
+  for ins in comps.get(condition, []):
     if not _is_less_than(ins, comps):
       continue
     limit = next((v for v in (_int_constant(named.get(o))
@@ -98,15 +95,13 @@ def trip_count(comps: dict[str, list[Instr]], roots: dict[str, str],
       continue
     k = next((i for i in (_tuple_index(_source(named, o))
                           for o in ins.operands) if i is not None), None)
-    return max(0, -(-(limit - _start(comps, caller, init, k)) //
-                    _step(comps, body, roots.get(body), k)))
+    return max(0, -(-(limit - _start(names.get(caller, {}), init, k)) //
+                    _step(comps, names.get(body, {}), roots.get(body), k)))
   return 1
 
 
-def _start(comps: dict[str, list[Instr]], caller: str, init: str,
-           k: int | None) -> int:
+def _start(named: dict[str, Instr], init: str, k: int | None) -> int:
   """The literal initial value of element ``k`` of a while's tuple, or 0."""
-  named = _by_name(comps.get(caller, []))
   tup = named.get(init)
   if k is None or tup is None or tup.op != "tuple" or k >= len(tup.operands):
     return 0
@@ -114,11 +109,10 @@ def _start(comps: dict[str, list[Instr]], caller: str, init: str,
   return value if value is not None else 0
 
 
-def _step(comps: dict[str, list[Instr]], body: str, root: str | None,
-          k: int | None) -> int:
+def _step(comps: dict[str, list[Instr]], named: dict[str, Instr],
+          root: str | None, k: int | None) -> int:
   """The literal step of element ``k`` of a loop body's result tuple
   (``add(get-tuple-element(param, k), constant)``), or 1."""
-  named = _by_name(comps.get(body, []))
   tup = named.get(root) if root else None
   if k is None or tup is None or tup.op != "tuple" or k >= len(tup.operands):
     return 1
