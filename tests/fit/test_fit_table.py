@@ -11,9 +11,12 @@ import threading
 
 import pytest
 
+from benchmarks import fit_recorder
+from benchmarks import fit_rows
 from benchmarks import fit_table
 from upocr_jax import cli_flags
 from upocr_jax.fit import report as fit_report
+from upocr_jax.tasks import TASK_KEYS
 
 GiB = 2**30
 # GiB of temporaries per image on a chip, by (dtype, remat).
@@ -27,7 +30,7 @@ def _fake_report(config, target):
   """What fit_report.fit_report returns, from the memory model."""
   m = config.model
   key = (m.dtype, bool(m.remat), m.remat_policy if m.remat else None)
-  batch = sum(config.data[k].batch_size for k in fit_table.TASK_KEYS)
+  batch = sum(config.data[k].batch_size for k in TASK_KEYS)
   n = len(target.devices)
   fsdp = tuple(config.mesh.shape) == (1, -1, 1)
   args = ARGS / n if fsdp else ARGS
@@ -63,7 +66,7 @@ def _fake(monkeypatch):
   monkeypatch.setattr(fit_table.topologies, "libtpu_available", lambda: True)
   # --fresh_process restarts after each compile; here the run goes on in
   # this process (test_a_run_restarted_after_every_compile_... restarts).
-  monkeypatch.setattr(fit_table, "_restart_with_append", lambda: None)
+  monkeypatch.setattr(fit_recorder, "_restart_with_append", lambda: None)
 
 
 def _run(argv):
@@ -201,10 +204,10 @@ def test_an_unfinished_ladder_is_not_reported_as_none_fits():
   row = {"case": {"topology": "v5e:2x4", "parallelism": "fsdp",
                   "dtype": "bfloat16", "remat": "off"},
          "report": refused, "wall_s": 208.0}
-  assert "| unfinished (only up to off compiled) | no |" in fit_table.table(
+  assert "| unfinished (only up to off compiled) | no |" in fit_rows.table(
       [row])
   full = dict(row, case=dict(row["case"], remat="full"))
-  assert "| none fits | no |" in fit_table.table([row, full])
+  assert "| none fits | no |" in fit_rows.table([row, full])
 
 
 def test_bfloat16_everywhere_runs_before_any_float32(fake, tmp_path):
@@ -234,7 +237,7 @@ def _hang_on(monkeypatch, stuck):
     restarts.append(1)
     release.set()
   monkeypatch.setattr(fit_report, "fit_report", report)
-  monkeypatch.setattr(fit_table, "_restart_with_append", restart)
+  monkeypatch.setattr(fit_recorder, "_restart_with_append", restart)
   return restarts
 
 
@@ -277,8 +280,8 @@ def test_a_case_whose_every_compile_timed_out_still_has_a_line():
   row = {"case": {"topology": "v6e:2x4", "parallelism": "dp",
                   "dtype": "bfloat16", "remat": "off"}, "timed_out_s": 3600}
   assert ("| v6e-8 | | dp | bfloat16 | | not known | not known |"
-          in fit_table.table([row]))
-  assert "off: compile stopped after 3600 s" in fit_table.table([row])
+          in fit_rows.table([row]))
+  assert "off: compile stopped after 3600 s" in fit_rows.table([row])
 
 
 class _Restarted(Exception):
@@ -289,13 +292,13 @@ def test_a_run_restarted_after_every_compile_takes_the_same_path(
     fake, tmp_path, monkeypatch):
   argv = ["--config=tiny", "--topologies=v5e:2x4,v6e:2x4",
           "--only=parallelism=dp"]
-  batch = [f"--config.data.{k}.batch_size=16" for k in fit_table.TASK_KEYS]
+  batch = [f"--config.data.{k}.batch_size=16" for k in TASK_KEYS]
   once = str(tmp_path / "once.jsonl")
   _run([f"--out={once}", "--nofresh_process"] + argv + batch)
 
   def restart():
     raise _Restarted
-  monkeypatch.setattr(fit_table, "_restart_with_append", restart)
+  monkeypatch.setattr(fit_recorder, "_restart_with_append", restart)
   out = str(tmp_path / "restarted.jsonl")
   runs = 0
   while True:   # what os.execv with --append does, one process per compile
@@ -318,7 +321,7 @@ def test_the_table_lists_slices_in_order_whatever_the_order_compiled():
                      "dtype": dtype, "remat": "full"}, "timed_out_s": 1}
   rows = [row("v6e:2x4", "fsdp", "float32"), row("v4:2x2x1", "dp", "bfloat16"),
           row("v6e:2x4", "dp", "bfloat16"), row("v4:2x2x1", "fsdp", "bfloat16")]
-  lines = fit_table.table(rows).split("\n")[2:]
+  lines = fit_rows.table(rows).split("\n")[2:]
   cells = [[c.strip() for c in line.split("|")][1:5] for line in lines]
   assert [(c[0], c[2], c[3]) for c in cells] == [
       ("v4-8", "dp", "bfloat16"), ("v4-8", "fsdp", "bfloat16"),
@@ -337,10 +340,10 @@ def test_a_one_chip_batch_is_not_called_the_largest_before_a_refusal():
                                             "total": 19 * GiB}},
             "wall_s": 484.0}
   assert "| full; search unfinished (no larger batch refused yet) | yes |" in (
-      fit_table.table([row(4, True)]))
-  assert "| 12 | full | yes |" in fit_table.table([row(4, True),
+      fit_rows.table([row(4, True)]))
+  assert "| 12 | full | yes |" in fit_rows.table([row(4, True),
                                                    row(5, False)])
   # A gap between the fit and the refusal is not searched yet.
   assert ("| 12 | full; search unfinished (smallest batch that did not fit "
-          "so far: 18 images) | yes |") in fit_table.table([row(4, True),
+          "so far: 18 images) | yes |") in fit_rows.table([row(4, True),
                                                              row(6, False)])

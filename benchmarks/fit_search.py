@@ -1,0 +1,123 @@
+"""The fit table's searches (benchmarks/fit_table.py): the remat ladder of a
+sliced case, and the largest batch on one chip."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.fit_recorder import Recorder  # noqa: E402
+from benchmarks.fit_rows import LADDER, case_key  # noqa: E402
+from upocr_jax.fit import topologies  # noqa: E402
+
+
+def run_ladder(rec: Recorder, base: dict[str, Any]) -> str | None:
+  """Climbs the remat ladder of one case; the first rung that fits, or None."""
+  start = 0
+  if base["dtype"] == "float32":
+    twin = _fitting_rung(rec, dict(base, dtype="bfloat16"))
+    if twin is not None:
+      start = LADDER.index(twin)
+      for rung in LADDER[:start]:
+        rec.record_inferred(dict(base, remat=rung),
+                            f"bfloat16 needed remat {twin}")
+  for rung in LADDER[start:]:
+    row = rec.compile(dict(base, remat=rung))
+    if "report" in row and row["report"]["fits"]:   # else refused/timed out
+      return rung
+  return None
+
+
+def _fitting_rung(rec: Recorder, base: dict[str, Any]) -> str | None:
+  for rung in LADDER:
+    row = rec.done.get(case_key(dict(base, remat=rung)))
+    if row and "report" in row and row["report"]["fits"]:
+      return rung
+  return None
+
+
+def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
+  """Largest images-per-task on one chip of ``topology`` with remat full,
+  bracketed by a fitting compile and a refused one (None if 1 per task is
+  refused).
+
+  Temporaries grow about linearly with small batches, and every compile
+  gives them (a refusal too), so a guess solves a line through the compiles
+  so far (``_solve``) for the chip's HBM. Near the limit they stop growing
+  (the compiler schedules tighter: on v5p, 78 images needed less than 60),
+  and the line then points at a batch already known to fit: there the
+  search grows the batch by a quarter until a refusal. Where the line
+  points at a fit that was not flat, it tries one image per task more; a
+  bracket the line does not split is bisected. Another generation's
+  one-chip compiles give the first guess. A timed-out compile is an upper
+  bound (not known to fit).
+  """
+  base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
+          "remat": "full"}
+  hbm = topologies.get(topology).generation.hbm_bytes
+  # This chip's recorded compiles (None: timed out) are where a resumed
+  # search goes on from, whatever other chips recorded since.
+  points: dict[int, dict[str, Any] | None] = {
+      row["case"]["per_task"]: row.get("report")
+      for row in rec.done.values()
+      if all(row["case"].get(k) == v for k, v in base.items())}
+  # Else another chip's one-chip compiles (same program, same dtype) give
+  # the first guess; else FIRST_PER_TASK.
+  prior = {row["case"]["per_task"]: row["report"]
+           for row in rec.done.values()
+           if "report" in row and row["case"]["parallelism"] == "one_chip"
+           and row["case"]["dtype"] == dtype
+           and row["case"]["topology"] != topology}
+  args = next((r["per_device_bytes"]["arguments"] for r in prior.values()
+               if r["per_device_bytes"]["arguments"]), 0.0)
+  k = None if points else (_solve(prior, hbm - args) if prior
+                           else FIRST_PER_TASK)
+  while True:
+    if k is not None:
+      points[k] = rec.compile(dict(base, per_task=k)).get("report")
+    args = next((p["per_device_bytes"]["arguments"] for _, p in
+                 sorted(points.items(), reverse=True)
+                 if p and p["per_device_bytes"]["arguments"]), args)
+    lo = max((j for j, p in points.items() if p and p["fits"]), default=0)
+    hi = min((j for j, p in points.items() if not (p and p["fits"])),
+             default=_UNBOUNDED)
+    if hi == lo + 1:
+      return lo or None
+    known = {j: p for j, p in points.items() if p}
+    k = _solve(known, hbm - args) if known else lo
+    if not lo < k < hi:   # the line is no guide here
+      k = (lo + hi) // 2 if hi < _UNBOUNDED else lo + 1
+      if hi == _UNBOUNDED and _flat(known):
+        k = lo + max(1, lo // 4)
+
+
+def _flat(points: dict[int, dict[str, Any]]) -> bool:
+  """Whether the two largest fitting batches needed no more temporaries from
+  one to the other (the compiler scheduling tighter near the limit)."""
+  fit = sorted(k for k, p in points.items() if p["fits"])[-2:]
+  t = [points[k]["per_device_bytes"]["temporaries"] for k in fit]
+  return len(t) == 2 and t[1] <= t[0]
+
+
+# Images per task of the first one-chip compile (fits a 16 GiB chip in bf16).
+FIRST_PER_TASK = 4
+_UNBOUNDED = 10**6   # no refused batch yet
+
+
+def _solve(points: dict[int, dict[str, Any]], budget: float) -> int:
+  """Images per task whose temporaries just fit ``budget`` bytes, on the line
+  through the two largest neighbouring batches whose temporaries still grew
+  (through zero and the smallest batch when none did)."""
+  ks = sorted(points)
+  t = {k: points[k]["per_device_bytes"]["temporaries"] for k in ks}
+  grew = [(a, b) for a, b in zip(ks, ks[1:]) if t[b] > t[a]]
+  if grew:
+    a, b = grew[-1]
+    slope = (t[b] - t[a]) / (b - a)
+    icpt = t[a] - slope * a
+  else:
+    slope, icpt = t[ks[0]] / ks[0], 0.0
+  return max(1, int((budget - icpt) // slope))
+
