@@ -179,3 +179,23 @@ def test_eval_forward_requests_highest_precision():
   for op in ops:
     assert "HIGHEST" in op, op
   assert "bf16" not in text
+
+
+def test_eval_forward_returns_only_the_image_and_compiles_once():
+  """The eval forward is a pure function of the model's state: its program
+  outputs the image alone (nnx.jit would also copy every parameter out), and a
+  second call with the same shapes reuses the compiled program."""
+  cfg = _scanned_config("float32", "float32").model
+  model = UPOCR(cfg, rngs=nnx.Rngs(0))
+  images = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+  ids = jnp.zeros((1,), jnp.int32)
+  text = runner.lower_forward(model, images, ids).as_text()
+  results = re.search(r"func\.func public @main\(.*?\) -> \((.*?)\) \{",
+                      text, re.S)
+  assert results and results.group(1).count("tensor<") == 1, (
+      results and results.group(1))
+  runner.forward(model, images, ids)
+  before = runner._forward._cache_size()  # pylint: disable=protected-access
+  out = runner.forward(model, images + 1, ids)
+  assert runner._forward._cache_size() == before  # pylint: disable=protected-access
+  assert out.shape == (1, 32, 32, 3) and out.dtype == jnp.float32

@@ -23,14 +23,20 @@ class Instr:
   raw_operands: str = ""  # e.g. the index of a parameter
 
 
+def _fused_body(ins: Instr, comps: dict[str, list[Instr]]) -> list[Instr]:
+  """The instructions of the computation a fusion calls ([] otherwise): the
+  CPU compiler wraps a loop's compare and add in fusions of their own."""
+  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
+  return comps.get(callee.group(1), []) if ins.op == "fusion" and callee \
+      else []
+
+
 def _is_less_than(ins: Instr, comps: dict[str, list[Instr]]) -> bool:
   """A compare with direction LT, or a fusion wrapping one (CPU)."""
   if ins.op == "compare":
     return "direction=LT" in ins.attrs
-  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
-  return ins.op == "fusion" and callee is not None and any(
-      i.op == "compare" and "direction=LT" in i.attrs
-      for i in comps.get(callee.group(1), []))
+  return any(i.op == "compare" and "direction=LT" in i.attrs
+             for i in _fused_body(ins, comps))
 
 
 def _tuple_index(ins: Instr | None) -> int | None:
@@ -60,9 +66,7 @@ def _add_operands(comps: dict[str, list[Instr]], ins: Instr | None
     return None
   if ins.op == "add":
     return ins.operands
-  callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
-  body = comps.get(callee.group(1), []) if ins.op == "fusion" and callee \
-      else []
+  body = _fused_body(ins, comps)
   if [i.op for i in body if i.op != "parameter"] == ["add"]:
     return ins.operands
   return None

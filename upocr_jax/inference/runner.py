@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Iterator, Sequence
 
@@ -139,9 +140,12 @@ def place_on_mesh(model: nnx.Module,
   return mesh, par
 
 
-@nnx.jit
-def _forward(model: UPOCR, images: jax.Array, task_ids: jax.Array
-             ) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
+             task_ids: jax.Array) -> jax.Array:
+  # A pure function of the split state: nnx.jit would also return the
+  # model's state (every parameter, copied) in case the call changed it.
+  model = nnx.merge(graphdef, state)
   x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
     x = x / 255.0
@@ -159,13 +163,15 @@ def forward(model: UPOCR, images: jax.Array, task_ids: jax.Array
   official evaluation (TF32 off); see upocr_jax/models/precision.py.
   """
   with precision.eval_precision():
-    return _forward(precision.full_precision(model), images, task_ids)
+    return _forward(*nnx.split(precision.full_precision(model)), images,
+                    task_ids)
 
 
 def lower_forward(model: UPOCR, images, task_ids):
   """:func:`forward` lowered for these (possibly abstract) arguments."""
   with precision.eval_precision():
-    return _forward.lower(precision.full_precision(model), images, task_ids)
+    return _forward.lower(*nnx.split(precision.full_precision(model)),
+                          images, task_ids)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

@@ -13,18 +13,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from PIL import Image, ImageDraw
 
 from input_pipeline import pipeline
+from upocr_jax.inference import runner
 
 PREVIEW_DIR = "previews"
-
-
-@nnx.jit
-def _predict(model, images, task_ids):
-  out = model(images.astype(jnp.float32) / 255.0, task_ids)[-1]
-  return (jnp.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8)
 
 
 def fixed_samples(config: ml_collections.ConfigDict, per_task: int = 2
@@ -75,9 +69,10 @@ def write_preview(model, config: ml_collections.ConfigDict, workdir: str,
   repeatedly.
   """
   samples = fixed_samples(config) if samples is None else samples
-  preds = np.asarray(jax.device_get(
-      _predict(model, jnp.asarray(samples["image"]),
-               jnp.asarray(samples["task_id"]))))
+  # The eval forward (full float32), as upocr-predict would show them.
+  out = runner.forward(model, jnp.asarray(samples["image"]),
+                       jnp.asarray(samples["task_id"]))
+  preds = (np.asarray(jax.device_get(out)) * 255.0 + 0.5).astype(np.uint8)
   if not is_main:
     return None
   out_dir = os.path.join(workdir, PREVIEW_DIR)
