@@ -95,7 +95,7 @@ class Recorder:
       self._write(key, dict(case=case, report=report, wall_s=round(wall, 1),
                             **_provenance()))
     progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
-              f"{memory(report)} ({wall:.0f} s)")
+             f"{memory(report)} ({wall:.0f} s)")
     if self.fresh:
       _restart_with_append()
     return self.done[key]
@@ -109,7 +109,7 @@ class Recorder:
       self._write(key, dict(case=case, timed_out_s=self.timeout_s,
                             **_provenance()))
       progress(f"  gave up after --compile_timeout_s={self.timeout_s:g} "
-                "(recorded as timed out); restarting with --append")
+               "(recorded as timed out); restarting with --append")
       _restart_with_append()
 
   def record_inferred(self, case: dict[str, Any], why: str) -> None:
