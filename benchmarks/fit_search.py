@@ -50,8 +50,8 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   and the line then points at a batch already known to fit: there the
   search grows the batch by a quarter until a refusal. Where the line
   points at a fit that was not flat, it tries one image per task more; a
-  bracket the line does not split is bisected. Another generation's
-  one-chip compiles give the first guess. A timed-out compile is an upper
+  bracket the line does not split is bisected. The one-chip compiles
+  of the generation with the nearest HBM give the first guess. A timed-out compile is an upper
   bound (not known to fit).
   """
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
@@ -65,11 +65,7 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
       if all(row["case"].get(k) == v for k, v in base.items())}
   # Else another chip's one-chip compiles (same program, same dtype) give
   # the first guess; else FIRST_PER_TASK.
-  prior = {row["case"]["per_task"]: row["report"]
-           for row in rec.done.values()
-           if "report" in row and row["case"]["parallelism"] == "one_chip"
-           and row["case"]["dtype"] == dtype
-           and row["case"]["topology"] != topology}
+  prior = nearest_chip_points(rec.done.values(), topology, dtype)
   args = next((r["per_device_bytes"]["arguments"] for r in prior.values()
                if r["per_device_bytes"]["arguments"]), 0.0)
   k = None if points else (_solve(prior, hbm - args) if prior
@@ -93,6 +89,26 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
         k = lo + max(1, lo // 4)
 
 
+def nearest_chip_points(rows, topology: str, dtype: str
+                        ) -> dict[int, dict[str, Any]]:
+  """Images per task -> report of the one-chip compiles of the other chip
+  whose HBM is nearest ``topology``'s ({} if none). One chip's points only:
+  mixed with a larger chip's (flat near its own limit) the line through the
+  largest batches is not the line of either."""
+  hbm = topologies.get(topology).generation.hbm_bytes
+  by_chip: dict[str, dict[int, dict[str, Any]]] = {}
+  for row in rows:
+    c = row["case"]
+    if ("report" in row and c["parallelism"] == "one_chip"
+        and c["dtype"] == dtype and c["topology"] != topology):
+      by_chip.setdefault(c["topology"], {})[c["per_task"]] = row["report"]
+  if not by_chip:
+    return {}
+  nearest = min(sorted(by_chip), key=lambda t: abs(
+      topologies.get(t).generation.hbm_bytes - hbm))
+  return by_chip[nearest]
+
+
 def _flat(points: dict[int, dict[str, Any]]) -> bool:
   """Whether the two largest fitting batches needed no more temporaries from
   one to the other (the compiler scheduling tighter near the limit)."""
@@ -108,13 +124,16 @@ _UNBOUNDED = 10**6   # no refused batch yet
 
 def _solve(points: dict[int, dict[str, Any]], budget: float) -> int:
   """Images per task whose temporaries just fit ``budget`` bytes, on the line
-  through the two largest neighbouring batches whose temporaries still grew
-  (through zero and the smallest batch when none did)."""
+  through two neighbouring batches whose temporaries grew: the first pair
+  that reaches the budget, else the largest (through zero and the smallest
+  batch when none grew). The pair nearest the budget, because the slope
+  flattens near a chip's limit: a larger chip's last pair points far too
+  low for a smaller one."""
   ks = sorted(points)
   t = {k: points[k]["per_device_bytes"]["temporaries"] for k in ks}
   grew = [(a, b) for a, b in zip(ks, ks[1:]) if t[b] > t[a]]
   if grew:
-    a, b = grew[-1]
+    a, b = next(((a, b) for a, b in grew if t[b] >= budget), grew[-1])
     slope = (t[b] - t[a]) / (b - a)
     icpt = t[a] - slope * a
   else:

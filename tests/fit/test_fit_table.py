@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import fit_recorder
 from benchmarks import fit_rows
+from benchmarks import fit_search
 from benchmarks import fit_table
 from upocr_jax import cli_flags
 from upocr_jax.fit import report as fit_report
@@ -347,3 +348,31 @@ def test_a_one_chip_batch_is_not_called_the_largest_before_a_refusal():
   assert ("| 12 | full; search unfinished (smallest batch that did not fit "
           "so far: 18 images) | yes |") in fit_rows.table([row(4, True),
                                                              row(6, False)])
+
+
+def _one_chip_row(topology, per_task, temps_gib):
+  return {"case": {"topology": topology, "parallelism": "one_chip",
+                   "dtype": "bfloat16", "remat": "full",
+                   "per_task": per_task},
+          "report": {"fits": True, "per_device_bytes": {
+              "arguments": ARGS, "temporaries": temps_gib * GiB}}}
+
+
+def test_a_new_chip_guesses_from_the_nearest_chip_and_the_nearest_slope():
+  # Shaped like the recorded v4 and v5p searches: temporaries grow about
+  # 2.5 GiB per image per task, then flatten near each chip's limit.
+  v4 = {5: 18.82, 8: 26.34, 9: 30.43, 10: 30.74}
+  v5p = {4: 18.46, 20: 70.86, 26: 70.02, 32: 79.43, 37: 93.48}
+  rows = ([_one_chip_row("v4:2x2x1", k, t) for k, t in v4.items()]
+          + [_one_chip_row("v5p:2x2x1", k, t) for k, t in v5p.items()])
+  # v6e (32 GiB) and v5e (16 GiB) start from v4 (32 GiB), not from v5p.
+  for chip in ("v6e:2x4", "v5e:2x4"):
+    assert sorted(fit_search.nearest_chip_points(rows, chip, "bfloat16")) \
+        == sorted(v4)
+  assert fit_search.nearest_chip_points(rows, "v5p:2x2x1", "bfloat16") \
+      .keys() == v4.keys()
+  assert fit_search.nearest_chip_points(rows, "v5e:2x4", "float32") == {}
+  points = fit_search.nearest_chip_points(rows, "v5e:2x4", "bfloat16")
+  # 16 GiB less the arguments: on the slope of 5 -> 8 per task, 3 per task
+  # (the flat last pair, 9 -> 10, would say 1).
+  assert fit_search._solve(points, 16 * GiB - ARGS) == 3  # pylint: disable=protected-access
