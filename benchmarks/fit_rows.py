@@ -56,8 +56,11 @@ def gib(x: float | None) -> str:
 def memory(report: dict[str, Any]) -> str:
   """A report's per-chip memory in words (refused: its temporaries)."""
   m = report["per_device_bytes"]
-  if "compiler_error" in report:
+  if "compiler_error" in report and m["total"] is None:
     return f"refused, {gib(m['temporaries'])} GiB temporaries"
+  if "compiler_error" in report:
+    return (f"refused, {gib(m['total'])} GiB ({gib(m['arguments'])} args + "
+            f"{gib(m['temporaries'])} temps)")
   return (f"{gib(m['total'])} GiB ({gib(m['arguments'])} args + "
           f"{gib(m['temporaries'])} temps)")
 

@@ -207,6 +207,52 @@ def test_a_step_the_compiler_refuses_is_reported_not_raised(monkeypatch):
     report.fit_report(c, target)
 
 
+
+# The other wording, as libtpu 0.0.42.1 gave it for one v5e chip at 18 images
+# in bfloat16 (trimmed: the largest allocations follow).
+_USAGE_REFUSAL = """RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU \
+compile permanent error. Ran out of memory in memory space hbm. Used 15.75G of \
+15.75G hbm. Exceeded hbm capacity by 4.29M.
+
+Total hbm usage >= 16.00G:
+    reserved        258.00M
+    program          14.50G
+    arguments         1.26G
+
+Output size 1.21G; shares 1.21G with arguments.
+
+Program hbm requirement 14.50G:
+    global            1.27M
+    scoped           769.0K
+    HLO temp         14.22G (43.7% utilization: Unpadded (4.86G) Padded \
+(11.12G), 21.8% fragmentation (3.10G))
+    overlays        283.63M
+"""
+
+
+def test_a_refusal_of_the_whole_program_is_reported_with_its_items(
+    monkeypatch):
+  """The compiler's second wording (all of the program's usage over HBM, by a
+  few MiB) is a does-not-fit report too, not a crash of the search."""
+  def refuse(*_):
+    raise jax.errors.JaxRuntimeError(_USAGE_REFUSAL)
+
+  monkeypatch.setattr(report, "compile_train_step", refuse)
+  target = report.Target("v5e:2x4", jax.devices()[:1], hbm_bytes=16 * 2**30)
+  c = micro_config(per_task=6)
+  c.mesh.shape = (1, 1, 1)
+  r = report.fit_report(c, target)
+  m = r["per_device_bytes"]
+  assert r["fits"] is False
+  assert m["temporaries"] == 14.22 * 2**30
+  assert m["arguments"] == 1.26 * 2**30
+  assert m["total"] == 16.00 * 2**30
+  assert r["hbm_bytes"] == 15.75 * 2**30
+  assert r["margin_bytes"] == -4.29 * 2**20
+  text = report.format_report(r, c)
+  assert "fits: NO, 4.29 MiB over (arguments 1.26 GiB)" in text
+  assert "Exceeded hbm capacity by 4.29M" in text
+
 @pytest.mark.tpu
 @pytest.mark.skipif(not topologies.libtpu_available(),
                     reason="libtpu is not installed (pip install "

@@ -211,6 +211,17 @@ def test_an_unfinished_ladder_is_not_reported_as_none_fits():
   assert "| none fits | no |" in fit_rows.table([row, full])
 
 
+
+def test_a_refusal_with_the_whole_usage_shows_it_in_the_lower_rungs():
+  items = {"arguments": 1.26 * GiB, "temporaries": 14.22 * GiB,
+           "outputs_not_aliased": None, "total": 16.0 * GiB}
+  report = {"fits": False, "compiler_error": "Exceeded hbm capacity by 4.29M",
+            "per_device_bytes": items}
+  assert fit_rows.memory(report) == (
+      "refused, 16.00 GiB (1.26 args + 14.22 temps)")
+  del report["compiler_error"]
+  assert fit_rows.memory(report) == "16.00 GiB (1.26 args + 14.22 temps)"
+
 def test_bfloat16_everywhere_runs_before_any_float32(fake, tmp_path):
   out = str(tmp_path / "t.jsonl")
   _run([f"--out={out}", "--config=tiny", "--topologies=v5e:2x4,v6e:2x4"])

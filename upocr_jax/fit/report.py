@@ -158,22 +158,53 @@ def compile_train_step(config: ml_collections.ConfigDict,
   return compiled, mesh, lower_s, time.perf_counter() - t
 
 
-# The TPU compiler refuses a program whose temporaries exceed HBM instead of
-# returning its memory analysis; this is the figure it gives.
-_OUT_OF_HBM = re.compile(r"memory required for HLO temporaries \(([\d.]+)"
-                         r"([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)")
+# The TPU compiler refuses a program that does not fit in HBM instead of
+# returning its memory analysis. It words the refusal in one of two ways:
+# temporaries alone over the HBM it can use, or the whole program's usage
+# over it, itemised.
+_SIZE = r"([\d.]+)([KMGT]?)"
+_TEMPS_OVER = re.compile(r"memory required for HLO temporaries \(" + _SIZE
+                         + r"\) exceeds available HBM \(" + _SIZE + r"\)")
+_USAGE_OVER = re.compile(r"Used [\d.]+[KMGT]? of " + _SIZE + r" hbm\. "
+                         r"Exceeded hbm capacity by " + _SIZE)
+_ITEM = {"temporaries": re.compile(r"HLO temp\s+" + _SIZE),
+         "arguments": re.compile(r"\n\s*arguments\s+" + _SIZE),
+         "total": re.compile(r"Total hbm usage >= " + _SIZE)}
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes(m: re.Match[str], i: int = 1) -> float:
+  return float(m.group(i)) * _UNITS[m.group(i + 1)]
+
+
+def _refusal(text: str) -> tuple[dict[str, float | None], float, float,
+                                 str] | None:
+  """(per-device bytes, usable HBM, margin, the compiler's sentence) of a
+  refusal for lack of HBM, or None when ``text`` is not one."""
+  m = _TEMPS_OVER.search(text)
+  if m is not None:
+    temps, hbm = _bytes(m, 1), _bytes(m, 3)
+    return ({"arguments": None, "temporaries": temps,
+             "outputs_not_aliased": None, "total": None},
+            hbm, hbm - temps, m.group(0))
+  m = _USAGE_OVER.search(text)
+  if m is None:
+    return None
+  items = {k: (None if (i := r.search(text)) is None else _bytes(i))
+           for k, r in _ITEM.items()}
+  return ({"arguments": items["arguments"], "temporaries": items["temporaries"],
+           "outputs_not_aliased": None, "total": items["total"]},
+          _bytes(m, 1), -_bytes(m, 3), m.group(0))
 
 
 def _out_of_hbm(config: ml_collections.ConfigDict, target: Target,
                 error: Exception, seconds: float) -> dict[str, Any] | None:
   """The report of a step the compiler refused for lack of HBM, or None when
   ``error`` is something else."""
-  m = _OUT_OF_HBM.search(str(error))
-  if m is None:
+  refusal = _refusal(str(error))
+  if refusal is None:
     return None
-  temps = float(m.group(1)) * _UNITS[m.group(2)]
-  hbm = float(m.group(3)) * _UNITS[m.group(4)]
+  per_device, hbm, margin, sentence = refusal
   n = len(target.devices)
   return {
       "target": target.name, "devices": n,
@@ -182,12 +213,11 @@ def _out_of_hbm(config: ml_collections.ConfigDict, target: Target,
       "dtype": config.model.dtype, "remat": bool(config.model.remat),
       "remat_policy": config.model.get("remat_policy", "full"),
       "lower_s": None, "compile_s": round(seconds, 1),
-      "per_device_bytes": {"arguments": None, "temporaries": temps,
-                           "outputs_not_aliased": None, "total": None},
+      "per_device_bytes": per_device,
       # The compiler's own figure: the HBM it can use (a little under the
       # chip's nominal size).
-      "hbm_bytes": hbm, "fits": False, "margin_bytes": hbm - temps,
-      "compiler_error": m.group(0),
+      "hbm_bytes": hbm, "fits": False, "margin_bytes": margin,
+      "compiler_error": sentence,
   }
 
 
@@ -313,6 +343,11 @@ def _gib(x: float | None) -> str:
   return "n/a" if x is None else f"{x / 2**30:.2f} GiB"
 
 
+def _over(x: float) -> str:
+  # A refusal can be by a few MiB, which two decimals of GiB would hide.
+  return _gib(x) if x >= 2**30 else f"{x / 2**20:.2f} MiB"
+
+
 def format_report(r: dict[str, Any], config: ml_collections.ConfigDict
                   ) -> str:
   """The readable table of a :func:`fit_report`."""
@@ -324,7 +359,9 @@ def format_report(r: dict[str, Any], config: ml_collections.ConfigDict
         f"{head} (refused by the compiler after {r['compile_s']} s)",
         f"  temporaries          {_gib(r['per_device_bytes']['temporaries'])}"
         f"   HBM {_gib(r['hbm_bytes'])}   fits: NO, "
-        f"{_gib(-r['margin_bytes'])} over in temporaries alone",
+        f"{_over(-r['margin_bytes'])} over"
+        + (" in temporaries alone" if r["per_device_bytes"]["total"] is None
+           else f" (arguments {_gib(r['per_device_bytes']['arguments'])})"),
         f"  ({r['compiler_error']})",
         "knobs that would help: " + "; ".join(
             name for name, _ in knobs(config, r["devices"]))
