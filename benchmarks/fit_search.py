@@ -50,8 +50,9 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   and the line then points at a batch already known to fit: there the
   search grows the batch by a quarter until a refusal. Where the line
   points at a fit that was not flat, it tries one image per task more; a
-  bracket the line does not split is bisected. The one-chip compiles
-  of the generation with the nearest HBM give the first guess. A timed-out compile is an upper
+  bracket the line does not split is bisected. A float32 search starts at
+  the same chip's largest bfloat16 fit; else the one-chip compiles of the
+  generation with the nearest HBM give the first guess. A timed-out compile is an upper
   bound (not known to fit).
   """
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
@@ -63,13 +64,18 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
       row["case"]["per_task"]: row.get("report")
       for row in rec.done.values()
       if all(row["case"].get(k) == v for k, v in base.items())}
+  # Else a float32 search starts where the same chip's bfloat16 one ended:
+  # with remat full the compiler schedules one chip's step up to its limit
+  # in either dtype, and the two needed about the same (docs/training.md).
   # Else another chip's one-chip compiles (same program, same dtype) give
   # the first guess; else FIRST_PER_TASK.
   prior = nearest_chip_points(rec.done.values(), topology, dtype)
   args = next((r["per_device_bytes"]["arguments"] for r in prior.values()
                if r["per_device_bytes"]["arguments"]), 0.0)
-  k = None if points else (_solve(prior, hbm - args) if prior
-                           else FIRST_PER_TASK)
+  twin = (largest_fit(rec.done.values(), topology, "bfloat16")
+          if dtype == "float32" else None)
+  k = None if points else (twin or (_solve(prior, hbm - args) if prior
+                                    else FIRST_PER_TASK))
   while True:
     if k is not None:
       points[k] = rec.compile(dict(base, per_task=k)).get("report")
@@ -87,6 +93,16 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
       k = (lo + hi) // 2 if hi < _UNBOUNDED else lo + 1
       if hi == _UNBOUNDED and _flat(known):
         k = lo + max(1, lo // 4)
+
+
+def largest_fit(rows, topology: str, dtype: str) -> int | None:
+  """The largest images per task that fit one chip of ``topology`` in
+  ``dtype`` among the recorded compiles (None if none fits)."""
+  return max((row["case"]["per_task"] for row in rows
+              if "report" in row and row["report"]["fits"]
+              and row["case"]["parallelism"] == "one_chip"
+              and row["case"]["topology"] == topology
+              and row["case"]["dtype"] == dtype), default=None)
 
 
 def nearest_chip_points(rows, topology: str, dtype: str

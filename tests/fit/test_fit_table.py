@@ -387,3 +387,18 @@ def test_a_new_chip_guesses_from_the_nearest_chip_and_the_nearest_slope():
   # 16 GiB less the arguments: on the slope of 5 -> 8 per task, 3 per task
   # (the flat last pair, 9 -> 10, would say 1).
   assert fit_search._solve(points, 16 * GiB - ARGS) == 3  # pylint: disable=protected-access
+
+
+def test_a_float32_one_chip_search_starts_at_the_chips_bfloat16_answer(
+    fake, tmp_path):
+  out = str(tmp_path / "t.jsonl")
+  _run([f"--out={out}", "--config=tiny", "--topologies=v6e:2x4",
+        "--only=parallelism=one_chip"])
+  tried = [r["case"]["per_task"] for r in _rows(out)
+           if r["case"]["dtype"] == "float32"]
+  fits = {r["case"]["per_task"]: r["report"]["fits"] for r in _rows(out)
+          if r["case"]["dtype"] == "float32"}
+  # bfloat16 fits 8 per task; float32 (1.9 GiB per image) fits 5.
+  assert tried[0] == 8, tried
+  assert max(k for k, ok in fits.items() if ok) == 5 and fits[6] is False
+  assert len(tried) <= 4, tried
