@@ -52,8 +52,8 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   points at a fit that was not flat, it tries one image per task more; a
   bracket the line does not split is bisected. A float32 search starts at
   the same chip's largest bfloat16 fit; else the one-chip compiles of the
-  generation with the nearest HBM give the first guess. A timed-out compile is an upper
-  bound (not known to fit).
+  generation with the nearest HBM give the first guess. A timed-out
+  compile is an upper bound (not known to fit).
   """
   base = {"topology": topology, "parallelism": "one_chip", "dtype": dtype,
           "remat": "full"}
