@@ -60,10 +60,7 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   hbm = topologies.get(topology).generation.hbm_bytes
   # This chip's recorded compiles (None: timed out) are where a resumed
   # search goes on from, whatever other chips recorded since.
-  points: dict[int, dict[str, Any] | None] = {
-      row["case"]["per_task"]: row.get("report")
-      for row in rec.done.values()
-      if all(row["case"].get(k) == v for k, v in base.items())}
+  points = _chip_points(rec.done.values(), base)
   # Else a float32 search starts where the same chip's bfloat16 one ended:
   # with remat full the compiler schedules one chip's step up to its limit
   # in either dtype, and the two needed about the same (docs/training.md).
@@ -72,17 +69,20 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
   prior = nearest_chip_points(rec.done.values(), topology, dtype)
   args = next((r["per_device_bytes"]["arguments"] for r in prior.values()
                if r["per_device_bytes"]["arguments"]), 0.0)
-  twin = (largest_fit(rec.done.values(), topology, "bfloat16")
-          if dtype == "float32" else None)
-  k = None if points else (twin or (_solve(prior, hbm - args) if prior
-                                    else FIRST_PER_TASK))
+  if not points:
+    twin = (_largest_fit(_chip_points(rec.done.values(),
+                                      dict(base, dtype="bfloat16")))
+            if dtype == "float32" else 0)
+    k = twin or (_solve(prior, hbm - args) if prior else FIRST_PER_TASK)
+  else:
+    k = None
   while True:
     if k is not None:
       points[k] = rec.compile(dict(base, per_task=k)).get("report")
     args = next((p["per_device_bytes"]["arguments"] for _, p in
                  sorted(points.items(), reverse=True)
                  if p and p["per_device_bytes"]["arguments"]), args)
-    lo = max((j for j, p in points.items() if p and p["fits"]), default=0)
+    lo = _largest_fit(points)
     hi = min((j for j, p in points.items() if not (p and p["fits"])),
              default=_UNBOUNDED)
     if hi == lo + 1:
@@ -95,14 +95,17 @@ def largest_one_chip(rec: Recorder, topology: str, dtype: str) -> int | None:
         k = lo + max(1, lo // 4)
 
 
-def largest_fit(rows, topology: str, dtype: str) -> int | None:
-  """The largest images per task that fit one chip of ``topology`` in
-  ``dtype`` among the recorded compiles (None if none fits)."""
-  return max((row["case"]["per_task"] for row in rows
-              if "report" in row and row["report"]["fits"]
-              and row["case"]["parallelism"] == "one_chip"
-              and row["case"]["topology"] == topology
-              and row["case"]["dtype"] == dtype), default=None)
+def _chip_points(rows, base: dict[str, Any]
+                 ) -> dict[int, dict[str, Any] | None]:
+  """Images per task -> report (None: timed out) of the recorded one-chip
+  compiles whose case matches ``base``."""
+  return {row["case"]["per_task"]: row.get("report") for row in rows
+          if all(row["case"].get(k) == v for k, v in base.items())}
+
+
+def _largest_fit(points: dict[int, dict[str, Any] | None]) -> int:
+  """The largest images per task among ``points`` that fit (0: none)."""
+  return max((j for j, p in points.items() if p and p["fits"]), default=0)
 
 
 def nearest_chip_points(rows, topology: str, dtype: str
