@@ -3,7 +3,6 @@ one JSON line per compile, written at once; recorded cases are replayed."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -19,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.fit_rows import PARALLELISM, case_key, memory, read_rows  # noqa: E402
 from upocr_jax import cli_flags  # noqa: E402
 from upocr_jax.fit import report as fit_report  # noqa: E402
+from upocr_jax.fit import targets  # noqa: E402
 from upocr_jax.tasks import TASK_KEYS  # noqa: E402
 
 
@@ -58,19 +58,16 @@ class Recorder:
     else:
       cli_flags.check_writable_dir(os.path.dirname(os.path.abspath(path)),
                                    "--out")
-    self.targets: dict[str, fit_report.Target] = {}
+    self.targets: dict[str, targets.Target] = {}
 
-  def target(self, case: dict[str, Any]) -> fit_report.Target:
+  def target(self, case: dict[str, Any]) -> targets.Target:
     """The slice's devices; one of them for a one-chip case (v4 and v5p have
     no one-chip slice name; it is the same chip and compiler)."""
     topology = case["topology"]
     if topology not in self.targets:
-      self.targets[topology] = fit_report.target_for(topology)
+      self.targets[topology] = targets.target_for(topology)
     t = self.targets[topology]
-    if case["parallelism"] == "one_chip":
-      t = dataclasses.replace(t, name=f"1 chip of {topology}",
-                              devices=t.devices[:1])
-    return t
+    return t.one_chip() if case["parallelism"] == "one_chip" else t
 
   def compile(self, case: dict[str, Any]) -> dict[str, Any]:
     """The recorded row of ``case``, compiling it first if it is new."""

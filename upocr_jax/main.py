@@ -30,6 +30,7 @@ from upocr_jax import cli_flags
 from upocr_jax import config_checks
 from upocr_jax import sharding
 from upocr_jax.fit import report as fit_report
+from upocr_jax.fit import targets
 from upocr_jax.train import trainer
 from upocr_jax.weights.state_dict import StrictLoadError
 
@@ -71,7 +72,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues) -> None:
     cli_flags.require(fv, "config")
     if fv.topology:
       try:
-        fit_report.check_topology(fv.topology)
+        targets.check_topology(fv.topology)
       except ValueError as e:
         raise cli_flags.UsageError(str(e)) from e
     fit_report.run(fv.config, fv.topology, fv.suggest)

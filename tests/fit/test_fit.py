@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tests.training.train_helpers import micro_config
-from upocr_jax.fit import hlo, report, topologies
+from upocr_jax.fit import hlo, report, targets, topologies
 
 
 def test_topology_table_names_parse_and_numbers_are_positive():
@@ -190,7 +190,7 @@ def test_a_step_the_compiler_refuses_is_reported_not_raised(monkeypatch):
     raise jax.errors.JaxRuntimeError(message)
 
   monkeypatch.setattr(report, "compile_train_step", refuse)
-  target = report.Target("v5e:2x2", jax.devices()[:4], hbm_bytes=16 * 2**30)
+  target = targets.Target("v5e:2x2", jax.devices()[:4], hbm_bytes=16 * 2**30)
   r = report.fit_report(c, target)
   assert r["fits"] is False
   assert r["per_device_bytes"]["temporaries"] == 67.66 * 2**30
@@ -238,7 +238,7 @@ def test_a_refusal_of_the_whole_program_is_reported_with_its_items(
     raise jax.errors.JaxRuntimeError(_USAGE_REFUSAL)
 
   monkeypatch.setattr(report, "compile_train_step", refuse)
-  target = report.Target("v5e:2x4", jax.devices()[:1], hbm_bytes=16 * 2**30)
+  target = targets.Target("v5e:2x4", jax.devices()[:1], hbm_bytes=16 * 2**30)
   c = micro_config(per_task=6)
   c.mesh.shape = (1, 1, 1)
   r = report.fit_report(c, target)

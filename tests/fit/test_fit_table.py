@@ -17,6 +17,7 @@ from benchmarks import fit_search
 from benchmarks import fit_table
 from upocr_jax import cli_flags
 from upocr_jax.fit import report as fit_report
+from upocr_jax.fit import targets
 from upocr_jax.tasks import TASK_KEYS
 
 GiB = 2**30
@@ -61,9 +62,9 @@ def _fake(monkeypatch):
 
   def target_for(topology):
     t = fit_table.topologies.get(topology)
-    return fit_report.Target(topology, list(range(t.chips)),
+    return targets.Target(topology, list(range(t.chips)),
                              t.generation.hbm_bytes, 1e14, 1e12)
-  monkeypatch.setattr(fit_report, "target_for", target_for)
+  monkeypatch.setattr(targets, "target_for", target_for)
   monkeypatch.setattr(fit_table.topologies, "libtpu_available", lambda: True)
   # --fresh_process restarts after each compile; here the run goes on in
   # this process (test_a_run_restarted_after_every_compile_... restarts).

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from configs import upocr as upocr_config
-from upocr_jax.fit import gpus, hlo, report, topologies
+from upocr_jax.fit import gpus, hlo, report, targets, topologies
 
 
 def test_gpu_table_names_parse_and_the_target_config_says_the_facts():
@@ -27,14 +27,14 @@ def test_gpu_table_names_parse_and_the_target_config_says_the_facts():
   assert f"device_memory_size: {g.hbm_bytes}" in text
   assert 'device_description_str: "NVIDIA H100 80GB HBM3"' in text
   # GPU and TPU names both pass the --topology check.
-  report.check_topology("h100")
-  report.check_topology("v5e:2x2")
+  targets.check_topology("h100")
+  targets.check_topology("v5e:2x2")
   assert not set(gpus.KNOWN) & set(topologies.KNOWN)
 
 
 def test_unknown_topology_is_one_line_listing_tpu_slices_and_gpus():
   with pytest.raises(ValueError) as e:
-    report.check_topology("a100")
+    targets.check_topology("a100")
   message = str(e.value)
   assert "\n" not in message
   assert re.match(r"--topology 'a100' is not a known TPU topology or GPU; "
@@ -48,7 +48,7 @@ def test_unknown_topology_is_one_line_listing_tpu_slices_and_gpus():
 def test_without_the_cuda_plugin_the_error_says_what_to_install(monkeypatch):
   monkeypatch.setattr(gpus, "cuda_aot_available", lambda: False)
   with pytest.raises(ImportError) as e:
-    report.target_for("h100")
+    targets.target_for("h100")
   message = str(e.value)
   assert "\n" not in message
   assert f'pip install "jax[cuda12]=={jax.__version__}"' in message
