@@ -154,4 +154,4 @@ def main(argv: list[str], fv: flags.FlagValues) -> None:
 
 if __name__ == "__main__":
   cli_flags.run("fit_table.py", USAGE, define_flags, main,
-                user_errors=(ValueError, RuntimeError))
+                user_errors=(ValueError, RuntimeError, ImportError))

@@ -36,6 +36,7 @@ import ml_collections
 from ml_collections.config_flags import config_flags
 
 import upocr_jax
+from upocr_jax.fit import targets
 
 # configs/ is installed beside upocr_jax/ (setup.py packages both), and sits
 # beside it in a checkout; found by path so the library never imports configs.
@@ -158,6 +159,41 @@ def DEFINE_config(  # pylint: disable=invalid-name
       help_string=helps + ".", flag_values=fv, accept_new_attributes=False,
       sys_argv=None if argv is None else list(argv))
   return flags.DEFINE_flag(flag, fv)
+
+
+def DEFINE_compile_only(  # pylint: disable=invalid-name
+    fv: flags.FlagValues, compile_help: str, suggest_help: str) -> None:
+  """Defines ``--compile_only``, ``--topology`` and ``--suggest`` on ``fv``
+  (the compile-only fit reports of ``upocr_jax.fit``); ``compile_help`` and
+  ``suggest_help`` say what the entry point compiles and tries."""
+  flags.DEFINE_bool("compile_only", False, compile_help, flag_values=fv)
+  flags.DEFINE_string("topology", "", "With --compile_only: a TPU slice to "
+                      "compile for, e.g. v5e:2x2 (needs libtpu, no TPU), or "
+                      "a GPU: h100 (one H100 SXM 80 GB; needs "
+                      "jax[cuda12] at the jax version, no GPU); empty: the "
+                      "local devices.", flag_values=fv)
+  flags.DEFINE_bool("suggest", False, "With --compile_only: " + suggest_help,
+                    flag_values=fv)
+
+
+def compile_only_topology(fv: flags.FlagValues) -> str | None:
+  """The checked ``--topology`` of a ``--compile_only`` run ('' for the
+  local devices), or None without ``--compile_only``.
+
+  Raises:
+    UsageError: an unknown topology (listing the known ones), or
+      ``--topology`` / ``--suggest`` without ``--compile_only``.
+  """
+  if not fv.compile_only:
+    if fv.topology or fv.suggest:
+      raise UsageError("--topology and --suggest need --compile_only")
+    return None
+  if fv.topology:
+    try:
+      targets.check_topology(fv.topology)
+    except ValueError as e:
+      raise UsageError(str(e)) from e
+  return fv.topology
 
 
 def require(fv: flags.FlagValues, *names: str) -> None:

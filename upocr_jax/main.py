@@ -30,7 +30,6 @@ from upocr_jax import cli_flags
 from upocr_jax import config_checks
 from upocr_jax import sharding
 from upocr_jax.fit import report as fit_report
-from upocr_jax.fit import targets
 from upocr_jax.train import trainer
 from upocr_jax.weights.state_dict import StrictLoadError
 
@@ -50,35 +49,22 @@ def define_flags(fv: flags.FlagValues,
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, "
                       "metrics.jsonl, TensorBoard events, previews; resumed "
                       "from.", flag_values=fv)
-  flags.DEFINE_bool("compile_only", False, "Compile the train step for "
-                    "abstract arguments, report memory per device, "
-                    "collectives, FLOPs and a roofline estimate, and stop "
-                    "(no --workdir needed).", flag_values=fv)
-  flags.DEFINE_string("topology", "", "With --compile_only: a TPU slice to "
-                      "compile for, e.g. v5e:2x2 (needs libtpu, no TPU), or "
-                      "a GPU: h100 (one H100 SXM 80 GB; needs "
-                      "jax[cuda12] at the jax version, no GPU); empty: the "
-                      "local devices.", flag_values=fv)
-  flags.DEFINE_bool("suggest", False, "With --compile_only: if the step does "
-                    "not fit, try remat, FSDP and a smaller batch and report "
-                    "the first that fits.", flag_values=fv)
+  cli_flags.DEFINE_compile_only(
+      fv, "Compile the train step for abstract arguments, report memory "
+      "per device, collectives, FLOPs and a roofline estimate, and stop (no "
+      "--workdir needed).", "if the step does not fit, try remat, FSDP and "
+      "a smaller batch and report the first that fits.")
 
 
 def main(argv: Sequence[str], fv: flags.FlagValues) -> None:
   """Trains (or compiles only) with the parsed flags ``fv``."""
   if len(argv) > 1:
     raise cli_flags.UsageError(f"unexpected arguments: {argv[1:]}")
-  if fv.compile_only:
+  topology = cli_flags.compile_only_topology(fv)
+  if topology is not None:
     cli_flags.require(fv, "config")
-    if fv.topology:
-      try:
-        targets.check_topology(fv.topology)
-      except ValueError as e:
-        raise cli_flags.UsageError(str(e)) from e
-    fit_report.run(fv.config, fv.topology, fv.suggest)
+    fit_report.run(fv.config, topology, fv.suggest)
     return
-  if fv.topology or fv.suggest:
-    raise cli_flags.UsageError("--topology and --suggest need --compile_only")
   cli_flags.require(fv, "config", "workdir")
   trainer.run(fv.config, fv.workdir)
 

@@ -22,13 +22,14 @@ class Target:
   peak_flops: float | None = None
   hbm_bandwidth: float | None = None
   compiler_options: dict[str, Any] | None = None  # XLA options per compile
+  unit: str = "chip"  # what one device is, in report headings
 
   def one_chip(self) -> "Target":
     """The same target restricted to its first device (one chip of a
     slice: the same chip and compiler)."""
     if len(self.devices) == 1:
       return self
-    return dataclasses.replace(self, name=f"1 chip of {self.name}",
+    return dataclasses.replace(self, name=f"1 {self.unit} of {self.name}",
                                devices=self.devices[:1])
 
 
@@ -62,4 +63,4 @@ def target_for(topology: str) -> Target:
   devs = jax.devices()
   stats = devs[0].memory_stats() or {}
   return Target(f"local {devs[0].platform} x{len(devs)}", devs,
-                stats.get("bytes_limit"))
+                stats.get("bytes_limit"), unit="device")

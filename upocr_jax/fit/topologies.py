@@ -87,7 +87,8 @@ def devices(topology: Topology) -> list:
   """Compile-only devices of ``topology`` (needs libtpu, no TPU).
 
   Raises:
-    RuntimeError: libtpu is not installed (``pip install upocr_jax[tpu]``).
+    ImportError: libtpu is not installed (``pip install upocr_jax[tpu]``);
+      entry points print it as one line.
   """
   # libtpu takes /tmp/libtpu_lockfile for the process's lifetime; any other
   # process that imported jax with libtpu installed (and JAX_PLATFORMS unset)
@@ -101,7 +102,7 @@ def devices(topology: Topology) -> list:
         chips_per_host_bounds=topology.chips_per_host_bounds, num_slices=1)
   except RuntimeError as e:
     if "not installed" in str(e):
-      raise RuntimeError(
+      raise ImportError(
           f"--topology {topology.name}: compiling for TPU needs libtpu "
           "(pip install 'jax[tpu]==<the jax version>' or upocr_jax[tpu]); "
           "no TPU is needed") from e
