@@ -21,6 +21,7 @@ from upocr_jax import cli_flags
 from upocr_jax import sharding
 from upocr_jax.evaluation import evaluate
 from upocr_jax.evaluation import fid
+from upocr_jax.fit import infer_report
 from upocr_jax.inference import runner
 from upocr_jax.models import UPOCR
 from upocr_jax.tasks import (EVAL_DATASETS, SEG_THRESHOLD, TASKS, TEXT_REMOVAL,
@@ -41,6 +42,14 @@ Examples:
 Writes OUTPUT_DIR/metrics.json (default CHECKPOINT/eval/DATASET) and prints a
 table. Data sets: scut_enstext, textseg, tampered_ic13 (read as config.data
 configures the task's source) or synthetic (all three tasks, held-out split).
+
+Will a batch fit? --compile_only compiles the evaluation forward for
+config.data.eval_batch_size images of config.data.image_size on ONE chip
+(a slice gives each chip its share of the batch) and reports memory per chip,
+FLOPs and a roofline estimate; no checkpoint or data is read. With libtpu
+(pip install -e '.[tpu]'; no TPU needed):
+  upocr-eval --config=paper --compile_only --topology=v5e:2x2 \\
+      --config.data.eval_batch_size=32 --suggest
 """
 
 
@@ -75,6 +84,11 @@ def define_flags(fv: flags.FlagValues,
                       "--inception): report FID too.", flag_values=fv)
   flags.DEFINE_integer("fid_batch_size", 32, "Images per Inception call.",
                        flag_values=fv)
+  cli_flags.DEFINE_compile_only(
+      fv, "Compile the evaluation forward for config.data.eval_batch_size "
+      "images on one chip, report memory, FLOPs and a roofline estimate, and "
+      "stop (no --checkpoint or --dataset read).", "if the batch does not "
+      "fit, halve it until one fits.")
 
 
 def eval_mesh(model: UPOCR, config: ml_collections.ConfigDict
@@ -130,7 +144,8 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
-  """Runs ``upocr-eval`` with ``argv`` (program name first); returns results.
+  """Runs ``upocr-eval`` with ``argv`` (program name first); returns results
+  (with ``--compile_only``: the fit report).
 
   Flags are parsed into a fresh FlagValues unless ``fv`` (already parsed) is
   given, so tests can call this repeatedly.
@@ -140,6 +155,16 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
   if len(argv) > 1:
     raise cli_flags.UsageError(
         f"unexpected arguments: {' '.join(argv[1:])}")
+  topology = cli_flags.compile_only_topology(fv)
+  if topology is not None:
+    cli_flags.require(fv, "config")
+    if fv.checkpoint or fv.dataset:
+      logging.warning("--compile_only reads no checkpoint or data: "
+                      "--checkpoint and --dataset are not used")
+    return infer_report.run(
+        fv.config.model, infer_report.one_chip_parallel(fv.config),
+        fv.config.data.eval_batch_size, fv.config.data.image_size, topology,
+        fv.suggest, batch_flag="--config.data.eval_batch_size")
   cli_flags.require(fv, "config", "checkpoint", "dataset")
   out_dir = fv.output_dir or os.path.join(fv.checkpoint, "eval", fv.dataset)
   if jax.process_index() == 0:
@@ -187,7 +212,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> dict:
 
 def run_main() -> None:
   """Console entry point (``upocr-eval``)."""
-  cli_flags.run("upocr-eval", USAGE, define_flags, main)
+  cli_flags.run("upocr-eval", USAGE, define_flags, main,
+                user_errors=(ValueError, FileNotFoundError, ImportError))
 
 
 if __name__ == "__main__":

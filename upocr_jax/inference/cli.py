@@ -4,6 +4,8 @@ Usage: upocr-predict --checkpoint=DIR --task=TASK --output_dir=OUT INPUT...
     [--mode=resize|tiled] [--batch_size=8] [--image_size=512] [--overlap=N]
     [--config=CONFIG] [--skip_bad_images]
     [--boxes="x1,y1,x2,y2;..." | --region_mask=MASK] [--feather=3]
+       upocr-predict --config=CONFIG|--checkpoint=DIR --compile_only
+    [--topology=NAME] [--batch_size=8] [--image_size=512] [--suggest]
 
 Examples:
   upocr-predict --checkpoint=/tmp/upocr_tiny --task="text removal" \\
@@ -12,30 +14,26 @@ Examples:
       --mode=tiled --output_dir=out page.png
   upocr-predict --checkpoint=weights/upocr_paper --task="text removal" \\
       --boxes="10,20,200,80;0,400,640,480" --output_dir=out poster.jpg
+  upocr-predict --config=paper --compile_only --topology=v6e:2x2 \\
+      --batch_size=64 --suggest
 
-INPUTs are image files or folders (searched recursively for every extension PIL
-reads; sub-folders are mirrored under OUT). NAME is the input's file name
-without its extension; when two inputs would share a NAME in one folder
-(``x.webp`` next to ``x.tiff``), both keep their extension (``x.webp.png``,
-``x.tiff.png``). Written per input NAME:
+INPUTs are image files or folders (searched recursively; sub-folders are
+mirrored under OUT). NAME is the input's file name without its extension (with
+it where two inputs in one folder share a NAME). Written per input NAME:
 
 * text removal: ``NAME.png``, the text-free image;
 * text segmentation: ``NAME_mask.png`` (white text) and ``NAME_overlay.png``;
 * tampered text detection: ``NAME_tamper.png`` (R background, G real, B
   tampered), ``NAME_overlay.png`` and ``NAME_regions.json``.
 
-Before any compute, every input image is decoded once (a corrupt file stops the
-run with the list of bad files; ``--skip_bad_images`` skips them and lists them
-at the end instead), OUT must be writable, and no output may overwrite an input
-(e.g. ``--output_dir`` equal to an input folder is refused).
+Before any compute, every input is decoded once (a corrupt file stops the run
+with the list of bad files; --skip_bad_images skips and lists them instead), OUT
+must be writable, and no output may overwrite an input.
 
 Only in a region (--boxes or --region_mask): text removal keeps every pixel
-outside it exactly as in the input (blended over --feather pixels inside its
-border); segmentation and tampered detection find nothing outside it. --boxes
-(or its .json file of [x1, y1, x2, y2] lists) applies to every input;
---region_mask is one mask image for every input, or a folder holding a mask per
-input at the input's output name (``MASKS/sub/NAME.png`` for ``NAME`` in
-``sub/``; any image extension).
+outside it as in the input (blended over --feather pixels); segmentation and
+tampered detection find nothing outside it. A --region_mask folder holds a mask
+per input at its output name (``MASKS/sub/NAME.png``; any image extension).
 """
 
 from __future__ import annotations
@@ -54,7 +52,9 @@ from upocr_jax import cli_flags, tasks
 from upocr_jax.inference import postprocess
 from upocr_jax.inference import regions
 from upocr_jax.inference import runner
-from upocr_jax.inference.predictor import MODES, Predictor, load_image
+from upocr_jax.fit import infer_report
+from upocr_jax.inference.predictor import (MODES, Predictor,
+                                           default_image_size, load_image)
 from upocr_jax.weights import weight_dir
 
 
@@ -101,6 +101,12 @@ def define_flags(fv: flags.FlagValues,
                        flag_values=fv)
   cli_flags.DEFINE_config(fv, argv, help_string="Optional config; the "
                           "checkpoint must match its model")
+  cli_flags.DEFINE_compile_only(
+      fv, "Will a batch fit? Compile the model call for --batch_size images "
+      "of --image_size on ONE chip of --topology, report memory, FLOPs and a "
+      "roofline estimate, and stop (the model from --config, else the "
+      "checkpoint's saved config; no weights or images read).", "if the batch does not fit, halve it "
+      "until one fits.")
 
 
 def _image_extensions() -> set[str]:
@@ -282,6 +288,34 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray,
   return files
 
 
+def compile_only(fv: flags.FlagValues, topology: str,
+                 inputs: Sequence[str]) -> dict:
+  """``--compile_only``: the fit report of the model call (see
+  ``upocr_jax.fit.infer_report``) for the model of ``--config`` or, without
+  one, of the checkpoint's saved config; nothing else is read."""
+  if fv.config is None and not fv.checkpoint:
+    raise cli_flags.UsageError("--compile_only needs the model: --config or "
+                               "--checkpoint")
+  ignored = [f"--{n}" for n in ("task", "output_dir") if fv[n].value]
+  ignored += ["the INPUT paths"] if inputs else []
+  if ignored:
+    logging.warning("--compile_only reads no weights or images: %s not used",
+                    ", ".join(ignored))
+  if fv.config is not None:
+    model_config = fv.config.model
+  else:
+    model_config = weight_dir.read_model_config(
+        runner.resolve_weights_dir(fv.checkpoint))
+  image_size = fv.image_size
+  if image_size is None:
+    image_size, origin = default_image_size(fv.checkpoint, fv.config)
+    logging.info("image size %d (%s; --image_size sets another)",
+                 image_size, origin)
+  return infer_report.run(model_config, infer_report.one_chip_parallel(
+      fv.config), fv.batch_size, image_size, topology, fv.suggest,
+                          batch_flag="--batch_size")
+
+
 def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
   """Runs ``upocr-predict`` with ``argv`` (program name first); written files.
 
@@ -290,6 +324,10 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
   """
   if fv is None:
     fv, argv = cli_flags.parse(define_flags, argv)
+  topology = cli_flags.compile_only_topology(fv)
+  if topology is not None:
+    compile_only(fv, topology, list(argv[1:]))
+    return []
   cli_flags.require(fv, "checkpoint", "task", "output_dir")
   # Cheap checks first: the task against the checkpoint's config, the inputs.
   saved = weight_dir.read_model_config(
@@ -343,7 +381,8 @@ def main(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
 
 def run_main() -> None:
   """Console entry point (``upocr-predict``)."""
-  cli_flags.run("upocr-predict", __doc__, define_flags, main)
+  cli_flags.run("upocr-predict", __doc__, define_flags, main,
+                user_errors=(ValueError, FileNotFoundError, ImportError))
 
 
 if __name__ == "__main__":

@@ -131,17 +131,22 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
   return x
 
 
-def _default_image_size(checkpoint: str,
-                        config: ml_collections.ConfigDict | None
-                        ) -> tuple[int, str]:
-  """(size, where it comes from) for a checkpoint without an explicit size."""
-  source = runner.resolve_weights_dir(checkpoint)
-  saved = weight_dir.read_image_size(source)
-  if saved is not None:
-    return saved, f"the size {source} was saved with"
+def default_image_size(checkpoint: str | None,
+                       config: ml_collections.ConfigDict | None
+                       ) -> tuple[int, str]:
+  """(size, where it comes from) when no size is given: the size
+  ``checkpoint`` was saved with, else the config's ``data.image_size``,
+  else the paper's 512."""
+  source = None
+  if checkpoint:
+    source = runner.resolve_weights_dir(checkpoint)
+    saved = weight_dir.read_image_size(source)
+    if saved is not None:
+      return saved, f"the size {source} was saved with"
   if config is not None and "data" in config:
     return config.data.image_size, "the config's data.image_size"
-  return DEFAULT_IMAGE_SIZE, (f"the paper's; {source} records no image size")
+  return DEFAULT_IMAGE_SIZE, ("the paper's" if source is None else
+                              f"the paper's; {source} records no image size")
 
 
 class Predictor:
@@ -212,7 +217,7 @@ class Predictor:
     model, _, _ = runner.load_on_mesh(checkpoint, config,
                                       kwargs.get("devices"))
     if image_size is None:
-      image_size, origin = _default_image_size(checkpoint, config)
+      image_size, origin = default_image_size(checkpoint, config)
       # Said every time: resize mode's outputs depend on it.
       logging.info("image size %d (%s; --image_size sets another)",
                    image_size, origin)

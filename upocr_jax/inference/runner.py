@@ -169,9 +169,17 @@ def forward(model: UPOCR, images: jax.Array, task_ids: jax.Array
 
 def lower_forward(model: UPOCR, images, task_ids):
   """:func:`forward` lowered for these (possibly abstract) arguments."""
+  return lower_split(*nnx.split(precision.full_precision(model)), images,
+                     task_ids)
+
+
+def lower_split(graphdef: nnx.GraphDef, state: nnx.State, images, task_ids):
+  """:func:`forward`'s program lowered for a split float32 view of a model
+  (``precision.full_precision``); ``state`` and the batch may be abstract
+  (``jax.ShapeDtypeStruct`` with shardings), as the compile-only fit report
+  gives them."""
   with precision.eval_precision():
-    return _forward.lower(*nnx.split(precision.full_precision(model)),
-                          images, task_ids)
+    return _forward.lower(graphdef, state, images, task_ids)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
