@@ -76,8 +76,9 @@ def next_batch(points: dict[int, Point], hbm: float) -> int | None:
   limit (through the origin with one) for the chip's ``hbm``; once one is
   over, the line between the largest fit and the smallest batch over, for
   that batch's limit (its total for ``hbm``, or, where the compiler refused
-  it, its temporaries for the compiler's own usable figure), kept strictly
-  inside the bracket.
+  it, its temporaries for the compiler's own usable figure), kept inside
+  the bracket; where that line's slope disagrees with the one below the
+  largest fit, the bracket is bisected instead.
   """
   fits = sorted(b for b, r in points.items() if r["fits"])
   over = sorted(b for b, r in points.items() if not r["fits"])
@@ -101,9 +102,21 @@ def next_batch(points: dict[int, Point], hbm: float) -> int | None:
                  else ("total", hbm))
   y0 = points[low]["per_device_bytes"][what]
   y1 = r_high["per_device_bytes"][what]
-  if y1 is None or y1 <= y0:  # no usable line: bisect
+  if y0 is None or y1 is None:  # a refusal that gave no figure
     return (low + high) // 2
-  guess = int(low + (limit - y0) * (high - low) / (y1 - y0))
+  slope = (y1 - y0) / (high - low)
+  if len(fits) > 1:
+    y = points[fits[-2]]["per_device_bytes"][what]
+    below = (y0 - y) / (low - fits[-2])
+  else:
+    below = slope
+  # Memory need not be linear near the limit (the compiler may schedule
+  # tighter and the totals stop growing): where the slope below the
+  # largest fit and across the bracket disagree, the line is no guide and
+  # the bracket is bisected.
+  if slope <= 0 or not 0.8 <= below / slope <= 1.25:
+    return (low + high) // 2
+  guess = int(low + (limit - y0) / slope)
   return min(max(guess, low + 1), high - 1)
 
 

@@ -57,6 +57,26 @@ def test_next_batch_brackets_the_largest_fit():
   assert len(points) <= 4
 
 
+def test_next_batch_is_not_slowed_by_memory_that_stops_growing():
+  """Near the limit the compiler may schedule tighter and the totals stop
+  growing; a secant step would then creep up one batch at a time."""
+  def report(batch):
+    if batch > 200:  # refused far above the flat stretch
+      return _report(batch, per_image=0.1 * GiB, usable=15.75 * GiB)
+    return _report(min(batch, 60), usable=16 * GiB)  # 15.4 GiB from 60 on
+
+  points = {}
+  batch = 8
+  while batch is not None:
+    points[batch] = report(batch)
+    batch = table_script.next_batch(points, HBM)
+  assert max(b for b, r in points.items() if r["fits"]) == 200
+  assert not points[201]["fits"]
+  # The flat stretch makes the line useless; bisecting the bracket from
+  # 130 to 260 takes 7 compiles, the secant alone took 20.
+  assert len(points) <= 13
+
+
 def test_next_batch_halves_when_nothing_fits_yet():
   assert table_script.next_batch({8: _report(8, per_image=4 * GiB)},
                                  HBM) == 4
