@@ -21,6 +21,8 @@ def test_gpu_table_names_parse_and_the_target_config_says_the_facts():
   assert g.compute_capability == (9, 0) and g.sm_count == 132
   assert 79 * 2**30 < g.hbm_bytes < 80 * 2**30  # the 80 GB part, as CUDA says
   assert g.peak_bf16_flops == 989e12 and g.hbm_bandwidth == 3.35e12
+  # NVIDIA's H100 SXM datasheet: 67 TFLOP/s of float32 (no tensor cores).
+  assert 66e12 < g.peak_fp32_flops < 68e12
   text = gpus.target_config(g)
   assert "cuda_compute_capability { major: 9 minor: 0 }" in text
   assert "core_count: 132" in text

@@ -109,7 +109,8 @@ def test_a_refused_batch_is_reported_and_suggest_halves_it(monkeypatch,
 
   monkeypatch.setattr(infer_report, "compile_forward", compile_forward)
   monkeypatch.setattr(infer_report, "target_for", lambda _: targets.Target(
-      "fake chip", jax.devices()[:1], 16 * 2**30, 1e14, 1e12))
+      "fake chip", jax.devices()[:1], 16 * 2**30, 1e14, 1e12,
+      highest_flops=1e13))
   r = eval_cli.main(["upocr-eval", "--config=tiny", "--compile_only",
                      "--suggest", "--config.data.eval_batch_size=12"])
   out = capsys.readouterr().out
@@ -122,8 +123,14 @@ def test_a_refused_batch_is_reported_and_suggest_halves_it(monkeypatch,
   assert "fits with: --config.data.eval_batch_size=1" in out
   assert r["fits"] is False and r["suggested"]["batch"] == 1
   assert r["suggested"]["fits"] is True
-  assert r["suggested"]["images_per_s_estimate"] > 0
-  assert "images/s" in out
+  # The roofline is at the float32 HIGHEST rate, not the bfloat16 peak.
+  fit = r["suggested"]
+  assert fit["peak_flops"] == 1e13
+  assert fit["roofline_estimate_s"] == pytest.approx(
+      max(fit["flops"] / 1e13, fit["bytes_accessed"] / 1e12))
+  assert fit["images_per_s_estimate"] == pytest.approx(
+      1 / fit["roofline_estimate_s"])
+  assert "max of FLOPs / 10.0 TFLOP/s, the float32 HIGHEST" in out
   assert _json_line(out)["suggested"]["batch"] == 1
 
   def other(*_):
@@ -178,3 +185,6 @@ def test_eval_fit_report_on_one_chip_of_v5e_2x2(capsys):
   assert r["flops"] > 0 and r["roofline_estimate_s"] > 0
   assert r["images_per_s_estimate"] == pytest.approx(
       8 / r["roofline_estimate_s"])
+  # HIGHEST float32 on TPU: 6 bfloat16 passes.
+  assert r["peak_flops"] == pytest.approx(
+      topologies.GENERATIONS["v5e"].peak_bf16_flops / 6)

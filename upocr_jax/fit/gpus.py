@@ -53,6 +53,12 @@ class Gpu:
   shared_memory_per_sm: int
   shared_memory_per_block_optin: int
 
+  @property
+  def peak_fp32_flops(self) -> float:
+    """FLOP/s of plain float32 (CUDA cores, one FMA per unit per clock):
+    what matmuls at HIGHEST precision run at, no tensor cores."""
+    return 2 * self.sm_count * self.fp32_units_per_sm * self.clock_ghz * 1e9
+
 
 GPUS = {
     "h100": Gpu("h100", "NVIDIA H100 80GB HBM3", 989e12, 84_942_979_072,

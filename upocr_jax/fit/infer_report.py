@@ -15,7 +15,9 @@ share of the global batch. Prints a readable table and one JSON line
 (``{"compile_only": {...}}``): per-chip arguments / temporaries / total
 against HBM (fits, margin), FLOPs and bytes accessed corrected for scanned
 stages, and a roofline ESTIMATE of the time per batch and images/s (see
-``fit.measure``). When the batch does not fit, the knob is a smaller batch;
+``fit.measure``) at the chip's float32 HIGHEST matmul rate
+(``Target.highest_flops``: 1/6 of the bfloat16 peak on TPU, the CUDA-core
+float32 peak on GPU). When the batch does not fit, the knob is a smaller batch;
 ``--suggest`` halves it until one fits.
 """
 
@@ -86,10 +88,13 @@ def infer_report(model_config: ml_collections.ConfigDict,
   if image_size < 32 or image_size % 32:
     raise ValueError(f"the image size must be a positive multiple of 32, "
                      f"got {image_size}")
-  chip = target.one_chip()
+  # The program is float32 at HIGHEST precision: its roofline is at that
+  # matmul rate, not at the chip's bfloat16 peak.
+  chip = target.one_chip().at_highest_precision()
   head = {"program": "inference forward", "target": chip.name,
           "devices": 1, "batch": batch, "image_size": image_size,
-          "precision": "float32, HIGHEST matmul precision"}
+          "precision": "float32, HIGHEST matmul precision",
+          "peak_flops": chip.peak_flops}
   start = time.perf_counter()
   try:
     compiled, lower_s, compile_s = compile_forward(
@@ -134,9 +139,9 @@ def format_report(r: dict[str, Any], batch_flag: str) -> str:
   lines += measure.memory_lines(r) + measure.cost_lines(r)
   if "roofline_estimate_s" in r:
     lines.append(
-        "ESTIMATED time per batch (roofline, max of FLOPs/peak and "
-        "bytes/bandwidth, at the chip's bfloat16 peak, which float32 "
-        "matmuls at HIGHEST precision take several passes to reach): "
+        "ESTIMATED time per batch (roofline: max of FLOPs / "
+        f"{r['peak_flops'] / 1e12:.1f} TFLOP/s, the float32 HIGHEST matmul "
+        "rate, and bytes / HBM bandwidth): "
         f"{r['roofline_estimate_s'] * 1e3:.1f} ms, "
         f"{r['images_per_s_estimate']:.1f} images/s")
   if r["fits"] is False:

@@ -11,6 +11,10 @@ import jax
 from upocr_jax.fit import gpus
 from upocr_jax.fit import topologies
 
+# On TPU a float32 matmul at HIGHEST precision is 6 bfloat16 passes
+# (jax.lax.Precision's documentation).
+TPU_HIGHEST_PASSES = 6
+
 
 @dataclasses.dataclass
 class Target:
@@ -23,6 +27,8 @@ class Target:
   hbm_bandwidth: float | None = None
   compiler_options: dict[str, Any] | None = None  # XLA options per compile
   unit: str = "chip"  # what one device is, in report headings
+  # FLOP/s of float32 matmuls at HIGHEST precision (evaluation's precision)
+  highest_flops: float | None = None
 
   def one_chip(self) -> "Target":
     """The same target restricted to its first device (one chip of a
@@ -31,6 +37,12 @@ class Target:
       return self
     return dataclasses.replace(self, name=f"1 {self.unit} of {self.name}",
                                devices=self.devices[:1])
+
+  def at_highest_precision(self) -> "Target":
+    """The same target with ``peak_flops`` the rate of float32 matmuls at
+    HIGHEST precision (None where unknown), for the roofline of a float32
+    program such as the evaluation forward."""
+    return dataclasses.replace(self, peak_flops=self.highest_flops)
 
 
 def check_topology(topology: str) -> None:
@@ -54,12 +66,14 @@ def target_for(topology: str) -> Target:
   if topology in gpus.KNOWN:
     g = gpus.get(topology)
     return Target(g.name, gpus.devices(g), g.hbm_bytes, g.peak_bf16_flops,
-                  g.hbm_bandwidth, gpus.COMPILER_OPTIONS)
+                  g.hbm_bandwidth, gpus.COMPILER_OPTIONS,
+                  highest_flops=g.peak_fp32_flops)
   if topology:
     t = topologies.get(topology)
     g = t.generation
     return Target(t.name, topologies.devices(t), g.hbm_bytes,
-                  g.peak_bf16_flops, g.hbm_bandwidth)
+                  g.peak_bf16_flops, g.hbm_bandwidth,
+                  highest_flops=g.peak_bf16_flops / TPU_HIGHEST_PASSES)
   devs = jax.devices()
   stats = devs[0].memory_stats() or {}
   return Target(f"local {devs[0].platform} x{len(devs)}", devs,
