@@ -73,7 +73,8 @@ def next_batch(points: dict[int, Point], hbm: float) -> int | None:
   ``points`` maps compiled batches to their reports. Memory grows about
   linearly with the batch, so the guess solves a line for the limit: with
   no batch over yet, the line through the two fitting batches nearest the
-  limit (through the origin with one) for the chip's ``hbm``; once one is
+  limit (with one, through its arguments at batch 0) for the chip's
+  ``hbm``; once one is
   over, the line between the largest fit and the smallest batch over, for
   that batch's limit (its total for ``hbm``, or, where the compiler refused
   it, its temporaries for the compiler's own usable figure), kept inside
@@ -90,8 +91,9 @@ def next_batch(points: dict[int, Point], hbm: float) -> int | None:
     return max(1, high // 2)
   if high is None:
     t1 = points[low]["per_device_bytes"]["total"]
-    if len(fits) == 1:
-      return max(int(low * hbm / t1), low + 1)
+    if len(fits) == 1:  # the weights do not grow with the batch
+      args = points[low]["per_device_bytes"]["arguments"]
+      return max(int(low * (hbm - args) / (t1 - args)), low + 1)
     b0 = fits[-2]
     slope = (t1 - points[b0]["per_device_bytes"]["total"]) / (low - b0)
     return max(int(low + (hbm - t1) / slope) if slope > 0 else 2 * low,
