@@ -174,13 +174,14 @@ def _memory(report: dict[str, Any]) -> str:
     what = ("temporaries" if m["total"] is None else "total")
     return f"refused by the compiler, {_gib(m[what])} GiB {what}"
   return (f"{_gib(m['total'])} GiB ({_gib(m['arguments'])} + "
-          f"{_gib(m['temporaries'])})")
+          f"{_gib(m['temporaries'])} + {_gib(m['outputs_not_aliased'])})")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
   """The markdown table: per chip and image size, the largest batch that
   fits and the smallest that does not."""
-  lines = ["| chip | image | largest batch | per-chip memory (args + temps) "
+  lines = ["| chip | image | largest batch | per-chip memory (args + temps + "
+           "outputs) "
            "| next batch | est. ms per batch | est. images/s | compile s "
            "| date |",
            "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |"]

@@ -118,8 +118,8 @@ def test_a_run_records_every_compile_resumes_and_prints_the_table(
   assert fake[0][3] == ("--config=paper", "--config.data.eval_batch_size=2")
   text = capsys.readouterr().out
   # 63 compiles but its total is over the chip's 16 GiB.
-  assert "| v5e | 512 | 62 | 15.90 GiB (0.40 + 15.50) | 63: 16.15 GiB " \
-         "(0.40 + 15.75) | 1240 | 50.0 | 100 |" in text
+  assert "| v5e | 512 | 62 | 15.90 GiB (0.40 + 15.50 + 0.00) | 63: 16.15 " \
+         "GiB (0.40 + 15.75 + 0.00) | 1240 | 50.0 | 100 |" in text
   # An existing file is refused without --append; with it, nothing is
   # compiled again.
   with pytest.raises(cli_flags.UsageError, match="exists: pass --append"):
