@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from configs import upocr as upocr_config
+from upocr_jax.evaluation import cli as eval_cli
 from upocr_jax.fit import gpus, hlo, report, targets, topologies
 
 
@@ -114,3 +115,22 @@ def test_fit_report_of_the_tiny_step_on_one_h100(capsys):
   assert r["flops"] > 1e9 and r["bytes_accessed"] > 0
   assert r["roofline_estimate_s"] > 0
   assert sum(c["count"] for c in r["collectives"].values()) == 0
+
+
+@pytest.mark.gpu_aot
+@pytest.mark.skipif(not gpus.cuda_aot_available(),
+                    reason="the CUDA plugin is not installed (pip install "
+                    f'"jax[cuda12]=={jax.__version__}"); compile-only GPU '
+                    "reports need it")
+def test_inference_fit_report_on_one_h100(capsys):
+  """``upocr-eval --compile_only --topology=h100``: the forward compiles
+  for the GPU; its roofline is at the float32 (CUDA-core) rate."""
+  r = eval_cli.main(["upocr-eval", "--config=tiny", "--compile_only",
+                     "--topology=h100", "--config.data.eval_batch_size=8"])
+  out = capsys.readouterr().out
+  assert out.startswith("inference forward on h100: batch 8 images of 64x64")
+  assert "fits: yes" in out and "counted from the HLO" in out
+  assert r["peak_flops"] == gpus.get("h100").peak_fp32_flops
+  assert r["costs_from"] == "hlo_count" and r["flops"] > 0
+  assert r["images_per_s_estimate"] == pytest.approx(
+      8 / r["roofline_estimate_s"])

@@ -142,8 +142,8 @@ def format_report(r: dict[str, Any], batch_flag: str) -> str:
         "ESTIMATED time per batch (roofline: max of FLOPs / "
         f"{r['peak_flops'] / 1e12:.1f} TFLOP/s, the float32 HIGHEST matmul "
         "rate, and bytes / HBM bandwidth): "
-        f"{r['roofline_estimate_s'] * 1e3:.1f} ms, "
-        f"{r['images_per_s_estimate']:.1f} images/s")
+        f"{r['roofline_estimate_s'] * 1e3:.3g} ms, "
+        f"{r['images_per_s_estimate']:.4g} images/s")
   if r["fits"] is False:
     lines.append(f"does not fit; the knob that would help: {knob}")
   return "\n".join(lines)
