@@ -131,6 +131,9 @@ def test_a_refused_batch_is_reported_and_suggest_halves_it(monkeypatch,
   assert fit["images_per_s_estimate"] == pytest.approx(
       1 / fit["roofline_estimate_s"])
   assert "max of FLOPs / 10.0 TFLOP/s, the float32 HIGHEST" in out
+  ms = fit["roofline_estimate_s"] * 1e3
+  assert f"HBM bandwidth): {ms:.3g} ms, " in out if ms < 1 else \
+      f"HBM bandwidth): {ms:,.1f} ms, " in out
   assert _json_line(out)["suggested"]["batch"] == 1
 
   def other(*_):

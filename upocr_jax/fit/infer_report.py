@@ -142,11 +142,16 @@ def format_report(r: dict[str, Any], batch_flag: str) -> str:
         "ESTIMATED time per batch (roofline: max of FLOPs / "
         f"{r['peak_flops'] / 1e12:.1f} TFLOP/s, the float32 HIGHEST matmul "
         "rate, and bytes / HBM bandwidth): "
-        f"{r['roofline_estimate_s'] * 1e3:.3g} ms, "
-        f"{r['images_per_s_estimate']:.4g} images/s")
+        f"{_figure(r['roofline_estimate_s'] * 1e3)} ms, "
+        f"{_figure(r['images_per_s_estimate'])} images/s")
   if r["fits"] is False:
     lines.append(f"does not fit; the knob that would help: {knob}")
   return "\n".join(lines)
+
+
+def _figure(x: float) -> str:
+  # One decimal, or three significant digits below 1 (a tiny model's ms).
+  return f"{x:,.1f}" if x >= 1 else f"{x:.3g}"
 
 
 def run(model_config: ml_collections.ConfigDict,
