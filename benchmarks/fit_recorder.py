@@ -90,7 +90,7 @@ class Recorder:
       if key in self.done:   # the watchdog gave up on it first
         return self.done[key]
       self._write(key, dict(case=case, report=report, wall_s=round(wall, 1),
-                            **_provenance()))
+                            **provenance()))
     progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
              f"{memory(report)} ({wall:.0f} s)")
     if self.fresh:
@@ -104,7 +104,7 @@ class Recorder:
       if key in self.done:   # finished just in time
         return
       self._write(key, dict(case=case, timed_out_s=self.timeout_s,
-                            **_provenance()))
+                            **provenance()))
       progress(f"  gave up after --compile_timeout_s={self.timeout_s:g} "
                "(recorded as timed out); restarting with --append")
       _restart_with_append()
@@ -121,7 +121,8 @@ class Recorder:
     self.done[key] = row
 
 
-def _provenance() -> dict[str, str]:
+def provenance() -> dict[str, str]:
+  """Where and when a row was compiled: date, host, jax version."""
   return {"date": datetime.date.today().isoformat(),
           "host": f"{platform.processor() or platform.machine()}, "
                   f"{os.cpu_count()} cores",

@@ -28,8 +28,10 @@ def case_key(case: dict[str, Any]) -> str:
 
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-  """The rows of a fit_table JSON lines file.
+def read_rows(path: str, field: str = "case",
+              kind: str = "a fit_table") -> list[dict[str, Any]]:
+  """The rows of a JSON lines file of ``kind`` whose rows all hold
+  ``field`` (fit_table's: "case").
 
   Raises:
     UsageError: one line naming the file and line that is not a row.
@@ -39,10 +41,10 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     for n, line in enumerate(f, 1):
       try:
         row = json.loads(line)
-        if not isinstance(row, dict) or "case" not in row:
-          raise ValueError("no 'case' field")
+        if not isinstance(row, dict) or field not in row:
+          raise ValueError(f"no '{field}' field")
       except ValueError as e:
-        raise cli_flags.UsageError(f"{path}:{n}: not a fit_table line "
+        raise cli_flags.UsageError(f"{path}:{n}: not {kind} line "
                                    f"({e})") from e
       rows.append(row)
   return rows

@@ -24,19 +24,18 @@ the chip's HBM). Times and images/s are roofline ESTIMATES (see
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any, Callable
 
 from absl import flags
-import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import fit_rows  # noqa: E402
+from benchmarks.fit_recorder import progress, provenance  # noqa: E402
 from benchmarks.fit_rows import DEFAULT_TOPOLOGIES  # noqa: E402
 from upocr_jax import cli_flags  # noqa: E402
 from upocr_jax.fit import topologies  # noqa: E402
@@ -151,15 +150,15 @@ def search(topology: str, image_size: int, start: int,
             if r["topology"] == topology and r["image_size"] == image_size}
   batch = start if not points else next_batch(points, hbm)
   while batch is not None:
-    _progress(f"compiling 1 chip of {topology}: batch {batch} ...")
+    progress(f"compiling 1 chip of {topology}: batch {batch} ...")
     t = time.perf_counter()
     report = compile_fn(topology, batch, image_size)
     row = {"topology": topology, "image_size": image_size, "batch": batch,
            "report": report, "wall_s": round(time.perf_counter() - t, 1),
-           **_provenance()}
+           **provenance()}
     record(row)
     points[batch] = report
-    _progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
+    progress(f"  {'fits' if report['fits'] else 'does not fit'}: "
               f"{_memory(report)} ({row['wall_s']:.0f} s)")
     batch = next_batch(points, hbm)
 
@@ -212,28 +211,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
   Raises:
     UsageError: one line naming the file and line that is not a row.
   """
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-        if not isinstance(row, dict) or "report" not in row:
-          raise ValueError("no 'report' field")
-      except ValueError as e:
-        raise cli_flags.UsageError(f"{path}:{n}: not an infer_fit_table line "
-                                   f"({e})") from e
-      rows.append(row)
-  return rows
-
-
-def _provenance() -> dict[str, str]:
-  return {"date": datetime.date.today().isoformat(),
-          "host": f"{platform.processor() or platform.machine()}, "
-                  f"{os.cpu_count()} cores", "jax": jax.__version__}
-
-
-def _progress(msg: str) -> None:
-  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+  return fit_rows.read_rows(path, field="report", kind="an infer_fit_table")
 
 
 def main(argv: list[str], fv: flags.FlagValues) -> None:

@@ -159,6 +159,14 @@ def num_batch_shards(mesh: Mesh, config: ml_collections.ConfigDict) -> int:
   return batch_shard_count(mesh.shape, config.sharding.batch_axes)
 
 
+def abstract(tree: Any, shardings: Any) -> Any:
+  """``tree``'s arrays as ``jax.ShapeDtypeStruct`` placed by the matching
+  ``shardings`` (what ``jit(...).lower`` takes to compile without data)."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      tree, shardings)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -16,6 +16,17 @@ from upocr_jax.evaluation import cli as eval_cli
 from upocr_jax.fit import gpus, hlo, report, targets, topologies
 
 
+
+def needs_cuda_plugin(test):
+  """Marks a compile-only GPU test gpu_aot, skipped without the CUDA
+  plugin."""
+  return pytest.mark.gpu_aot(pytest.mark.skipif(
+      not gpus.cuda_aot_available(),
+      reason="the CUDA plugin is not installed (pip install "
+      f'"jax[cuda12]=={jax.__version__}"); compile-only GPU reports need it'
+  )(test))
+
+
 def test_gpu_table_names_parse_and_the_target_config_says_the_facts():
   assert "h100" in gpus.KNOWN
   g = gpus.get("h100")
@@ -96,11 +107,7 @@ ENTRY %main (a: bf16[4,8,16], b: bf16[4,16,32], x: f32[2,8,8,3], g: f32[2,8,8,5]
   assert costs["bytes"] < 4194304
 
 
-@pytest.mark.gpu_aot
-@pytest.mark.skipif(not gpus.cuda_aot_available(),
-                    reason="the CUDA plugin is not installed (pip install "
-                    f'"jax[cuda12]=={jax.__version__}"); compile-only GPU '
-                    "reports need it")
+@needs_cuda_plugin
 def test_fit_report_of_the_tiny_step_on_one_h100(capsys):
   r = report.run(upocr_config.get_config("tiny"), "h100")
   out = capsys.readouterr().out
@@ -117,11 +124,7 @@ def test_fit_report_of_the_tiny_step_on_one_h100(capsys):
   assert sum(c["count"] for c in r["collectives"].values()) == 0
 
 
-@pytest.mark.gpu_aot
-@pytest.mark.skipif(not gpus.cuda_aot_available(),
-                    reason="the CUDA plugin is not installed (pip install "
-                    f'"jax[cuda12]=={jax.__version__}"); compile-only GPU '
-                    "reports need it")
+@needs_cuda_plugin
 def test_inference_fit_report_on_one_h100(capsys):
   """``upocr-eval --compile_only --topology=h100``: the forward compiles
   for the GPU; its roofline is at the float32 (CUDA-core) rate."""

@@ -61,8 +61,7 @@ def compile_forward(model_config: ml_collections.ConfigDict,
   graphdef, state = nnx.split(precision.full_precision(model))
   shardings = nnx.to_pure_dict(
       sharding.state_shardings(state, mesh, parallel))
-  nnx.replace_by_pure_dict(state, jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+  nnx.replace_by_pure_dict(state, sharding.abstract(
       nnx.to_pure_dict(state), shardings))
   images = jax.ShapeDtypeStruct(
       (batch, image_size, image_size, 3), jnp.uint8,

@@ -58,12 +58,6 @@ def _prepared(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _sds(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                        sharding=s),
-                      tree, shardings)
-
-
 def compile_train_step(config: ml_collections.ConfigDict,
                        devices: Sequence[Any],
                        compiler_options: dict[str, Any] | None = None):
@@ -84,12 +78,12 @@ def compile_train_step(config: ml_collections.ConfigDict,
     vgg_graphdef, state = nnx.split(nnx.eval_shape(
         lambda: VGG16Features(rngs=nnx.Rngs(0))))
     state = nnx.to_pure_dict(state)
-    vgg = _sds(state, jax.tree.map(lambda _: repl, state))
+    vgg = sharding.abstract(state, jax.tree.map(lambda _: repl, state))
   step_fn = train_step.make_train_step(
       config, setup, tx, optim.make_schedule(config.optim, n_sched), layout,
       mesh, vgg_graphdef)
   params = setup.abstract_params
-  opt = _sds(jax.eval_shape(tx.init, params), setup.opt_shardings)
+  opt = sharding.abstract(jax.eval_shape(tx.init, params), setup.opt_shardings)
   s, b = config.data.image_size, layout.batch_size
   shapes = {"image": ((b, s, s, 3), jnp.uint8),
             "target": ((b, s, s, 3), jnp.uint8),
