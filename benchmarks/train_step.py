@@ -97,6 +97,12 @@ def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
   return 2 * n**3 / statistics.median(times)
 
 
+def _cpu_seconds() -> float:
+  """User + system CPU time of this process so far."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def make_step(config):
   """(jitted train step, setup, layout, mesh, VGG graphdef or None)."""
   mesh = sharding.make_mesh(config, jax.devices()[:1]) \
@@ -235,13 +241,14 @@ def main(argv, fv: flags.FlagValues) -> None:
           "--config.model.remat=true or a smaller --batch_per_task")
 
     state = args
-    times = []
+    times, cpu_s = [], 0.0
     for i in range(a.warmup + a.steps):
-      t = time.perf_counter()
+      r, t = _cpu_seconds(), time.perf_counter()
       params, opt, m = compiled(*state)
       jax.block_until_ready((params, opt, m))
       if i >= a.warmup:
         times.append(time.perf_counter() - t)
+        cpu_s += _cpu_seconds() - r
       state = (params, opt) + state[2:]
     loss = float(m["loss"])
     profile = None
@@ -268,6 +275,9 @@ def main(argv, fv: flags.FlagValues) -> None:
       "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_all": [round(x, 3) for x in times],
       "images_per_s": round(layout.batch_size / med, 3),
+      # Busy CPUs of the timed steps: process CPU time / wall time (on a
+      # CPU backend, how many of the cores the step keeps busy).
+      "cpu_busy": round(cpu_s / sum(times), 2),
       "flops_xla": xla_flops,
       # Executed matmul/conv FLOPs (remat recomputation included), and the
       # same counted with loop bodies once: XLA's cost analysis counts a

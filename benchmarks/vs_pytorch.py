@@ -84,6 +84,11 @@ _REMAT = flags.DEFINE_bool(
     "remat", True, "Recompute every transformer block in the backward pass "
     "on both sides (sets config.model.remat and the official "
     "--swin_use_checkpoint); the paper step does not fit 24 GiB without it.")
+_OFFICIAL_REMAT = flags.DEFINE_enum(
+    "official_remat", "same", common.OFFICIAL_REMAT,
+    "The official side's block checkpointing (--swin_use_checkpoint): same "
+    "as --remat (like for like), or on / off whatever ours does; off is the "
+    "official README's training command, about 19 GiB at the paper size.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random batch and weights.")
 
 
@@ -93,6 +98,10 @@ def _threads(requested: int) -> int:
     raise ValueError(f"--threads {requested}: only {cpus} CPUs are available "
                      "to this process")
   return requested or cpus
+
+
+def _side_remat(side: str, mode: str) -> bool:
+  return common.side_remat(side, mode, _REMAT.value, _OFFICIAL_REMAT.value)
 
 
 def _settings(mode: str, size: int, threads: int) -> common.Settings:
@@ -152,6 +161,7 @@ def meta(config, s: common.Settings, size: int) -> dict[str, Any]:
       "image_size": size, "batch": len(common.task_ids(s.batch_per_task))
       if s.mode == "train" else 1,
       "dtype": "float32", "remat": bool(config.model.remat),
+      "official_remat": _side_remat("official", s.mode),
       "threads": s.threads, "steps": s.steps, "warmup": s.warmup,
       "weights": "random (model and VGG16)",
       "official_path": os.path.abspath(s.official),
@@ -191,7 +201,7 @@ def main(argv: Sequence[str]) -> None:
     for m in modes:
       s = _settings(m, size, threads)
       cfg = common.prepare_config(config, size, s.batch_per_task,
-                                  _REMAT.value and m == "train")
+                                  _side_remat("ours", m))
       reports = {sd: _child(argv, sd, m) for sd in common.SIDES}
       print(json.dumps(common.combine(m, reports["official"], reports["ours"],
                                       meta(cfg, s, size))), flush=True)
@@ -199,10 +209,8 @@ def main(argv: Sequence[str]) -> None:
   if len(modes) != 1:
     raise ValueError(f"--side={side} measures one --mode: train or infer")
   s = _settings(modes[0], size, threads)
-  # Remat only matters with a backward pass (the official eval command does
-  # not pass --swin_use_checkpoint).
   cfg = common.prepare_config(config, size, s.batch_per_task,
-                              _REMAT.value and s.mode == "train")
+                              _side_remat(side, s.mode))
   _pin(threads)
   # Imported only now and only this side: a process holds one framework, so
   # its peak RSS is that side's alone.

@@ -102,6 +102,30 @@ def prepare_config(config: ml_collections.ConfigDict, size: int,
   return c
 
 
+OFFICIAL_REMAT = ("same", "on", "off")
+
+
+def side_remat(side: str, mode: str, remat: bool, official_remat: str
+               ) -> bool:
+  """Whether ``side`` recomputes its blocks in the backward pass.
+
+  Only a train step has one (the official eval command does not pass
+  --swin_use_checkpoint). ``official_remat`` ("same", "on" or "off") sets the
+  official side apart from ours (``remat``): "off" is what the official
+  README's training command does.
+  """
+  if side not in SIDES:
+    raise ValueError(f"side {side!r} is not one of {SIDES}")
+  if official_remat not in OFFICIAL_REMAT:
+    raise ValueError(f"--official_remat: {official_remat!r} is not one of "
+                     f"{OFFICIAL_REMAT}")
+  if mode != "train":
+    return False
+  if side == "official" and official_remat != "same":
+    return official_remat == "on"
+  return bool(remat)
+
+
 def _ints(xs: Sequence[Any]) -> list[str]:
   return [str(int(x)) for x in xs]
 

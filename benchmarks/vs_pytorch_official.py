@@ -249,7 +249,8 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
   times = list(np.diff(loader.stamps))[s.warmup:]
   return {**common.summarize(times), "params": _params(model),
           # The official logger's average over every iteration.
-          "loss_mean": float(stats["loss"]), "batch": len(batch[2])}
+          "loss_mean": float(stats["loss"]), "batch": len(batch[2]),
+          "checkpoint": bool(args.swin_use_checkpoint)}
 
 
 def _infer(config, s: common.Settings) -> dict[str, Any]:

@@ -58,7 +58,9 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
   return {**common.summarize(times), "params": params,
           "loss_mean": float(np.mean(loss)), "batch": layout.batch_size,
           "init_s": round(init_s, 2), "lower_s": round(lower_s, 2),
-          "compile_s": round(compile_s, 2)}
+          "compile_s": round(compile_s, 2),
+          "remat": bool(config.model.remat),
+          "remat_policy": str(config.model.remat_policy)}
 
 
 def _infer(config, s: common.Settings) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""The train-step benchmark's FLOP counter and profile summary (no timing)."""
+"""The train-step benchmark's FLOP counter, profile summary and a tiny run
+(its report's fields, not its timings)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -68,3 +75,23 @@ def test_profile_categories_from_hlo_metadata():
   assert s["unattributed (no metadata)"]["busy_s"] == 0.0001
   np.testing.assert_allclose(sum(v["share"] for v in s.values()), 1.0,
                              atol=1e-3)
+
+
+def test_tiny_run_reports_its_steps_and_busy_cpus():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  # One CPU device: the benchmark times the step on one device.
+  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
+                            "", env.get("XLA_FLAGS", ""))
+  out = subprocess.run(
+      [sys.executable, os.path.join(root, "benchmarks", "train_step.py"),
+       "--config=tiny", "--config.data.image_size=32", "--steps=2",
+       "--warmup=0", "--nocount", "--matmul_size=64"],
+      capture_output=True, text=True, timeout=600, cwd=root, env=env,
+      check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = json.loads(out.stdout.strip().splitlines()[-1])
+  assert len(line["step_s_all"]) == 2 and line["step_s_median"] > 0
+  assert np.isfinite(line["loss"])
+  # CPU seconds per wall second of the timed steps: at most every CPU.
+  assert 0 < line["cpu_busy"] <= line["num_cpus"] + 0.1

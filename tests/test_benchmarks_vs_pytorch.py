@@ -151,7 +151,7 @@ def test_help_and_one_line_errors():
   out = _script("--help")  # absl's --help exits with status 1
   for flag in ("--official:", "--mode:", "--side:", "--size:", "--steps:",
                "--warmup:", "--threads:", "--[no]remat:", "--config:",
-               "--batch_per_task:"):
+               "--batch_per_task:", "--official_remat:"):
     assert flag in out.stdout
   out = _script("--config=configs/upocr.py:tiny")
   assert out.returncode != 0
@@ -159,6 +159,20 @@ def test_help_and_one_line_errors():
       "vs_pytorch: error: --official PATH")
   out = _script("--config=configs/upocr.py:tiny", "--official", ROOT)
   assert "not an official UPOCR checkout" in out.stderr.strip().splitlines()[-1]
+
+
+def test_official_remat_sets_the_official_side_apart():
+  for remat, official_remat, want in (
+      (True, "same", (True, True)), (False, "same", (False, False)),
+      (True, "off", (True, False)), (False, "on", (False, True))):
+    got = (common.side_remat("ours", "train", remat, official_remat),
+           common.side_remat("official", "train", remat, official_remat))
+    assert got == want, (remat, official_remat)
+    # Inference has no backward pass: never checkpointed.
+    for side in common.SIDES:
+      assert not common.side_remat(side, "infer", remat, official_remat)
+  with pytest.raises(ValueError, match="--official_remat"):
+    common.side_remat("ours", "train", True, "yes")
 
 
 def test_official_stand_ins():
@@ -210,6 +224,8 @@ def test_tiny_end_to_end():
   assert train["batch"] == train["official"]["batch"] == train["ours"][
       "batch"] == 3
   assert train["remat"] and not infer["remat"]
+  assert train["official_remat"] and not infer["official_remat"]
+  assert train["official"]["checkpoint"] and train["ours"]["remat"]
   assert train["ours"]["compile_s"] > 0 and infer["ours"]["first_call_s"] > 0
   assert np.isfinite(train["official"]["loss_mean"])
   assert np.isfinite(train["ours"]["loss_mean"])
