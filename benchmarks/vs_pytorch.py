@@ -29,6 +29,12 @@ data. float32 only. The official model is built with the hyper-parameters of
 ``--config`` (``vs_pytorch_common.official_argv``); the official step always
 computes the perceptual and style terms, so ours does too (forced on).
 
+Recomputation: ``--remat`` (on) recomputes every block in the backward pass on
+both sides, like for like. ``--official_remat=off`` runs the official step
+without its block checkpoints, as the official README trains (much more
+memory), while ours keeps its remat (``--config.model.remat_policy`` picks
+what it saves).
+
 Threads: each side's process is pinned to the same ``--threads`` CPUs
 (``sched_setaffinity``; XLA sizes its CPU thread pool from them),
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` are set to ``--threads`` and torch
