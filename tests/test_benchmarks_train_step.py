@@ -3,8 +3,6 @@
 
 import json
 import os
-import re
-import subprocess
 import sys
 
 import jax
@@ -13,6 +11,7 @@ import numpy as np
 
 from benchmarks import flops as flops_lib
 from benchmarks import profile_summary
+from tests.training import train_helpers as th
 
 
 def test_flop_count_of_known_programs():
@@ -78,18 +77,11 @@ def test_profile_categories_from_hlo_metadata():
 
 
 def test_tiny_run_reports_its_steps_and_busy_cpus():
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   # One CPU device: the benchmark times the step on one device.
-  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
-                            "", env.get("XLA_FLAGS", ""))
-  out = subprocess.run(
-      [sys.executable, os.path.join(root, "benchmarks", "train_step.py"),
-       "--config=tiny", "--config.data.image_size=32", "--steps=2",
-       "--warmup=0", "--nocount", "--matmul_size=64"],
-      capture_output=True, text=True, timeout=600, cwd=root, env=env,
-      check=False)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = th.run([sys.executable,
+                os.path.join(th.REPO, "benchmarks", "train_step.py"),
+                "--config=tiny", "--config.data.image_size=32", "--steps=2",
+                "--warmup=0", "--nocount", "--matmul_size=64"], timeout=600)
   line = json.loads(out.stdout.strip().splitlines()[-1])
   assert len(line["step_s_all"]) == 2 and line["step_s_median"] > 0
   assert np.isfinite(line["loss"])
