@@ -43,11 +43,11 @@ def _model_config(variant: str) -> ml_collections.ConfigDict:
   # attention scores): see REMAT_POLICIES in upocr_jax/models/swinv2.py.
   m.remat = False
   m.remat_policy = "full"
-  # The attention's softmax: "reference" (jax.nn.softmax, then the values)
-  # or "deferred" (divide the (N, d) output by the row sums instead of the
-  # N x N scores); upocr_jax/models/attention.py; benchmarks/README.md has
-  # why the reference is the default.
-  m.attention_impl = "reference"
+  # The attention's score path (upocr_jax/models/attention.py): "folded"
+  # (the per-head scale multiplied into the queries), "reference" (the
+  # textbook order) or "deferred" (folded, and the softmax division applied to
+  # the (N, d) output); benchmarks/README.md has the timings behind the default.
+  m.attention_impl = "folded"
   # Stages of 2+ blocks run as one lax.scan over their blocks (the shift is
   # passed as data): the same numbers, with one block body compiled per stage
   # (unrolled, the paper model's 18-block stages dominate compile time).

@@ -57,7 +57,7 @@ class SwinV2Decoder(nnx.Module):
                   out_act_axes=axes(i >= first_out),
                   residual_dtype=residual_dtype,
                   remat_policy=cfg.get("remat_policy", "full"),
-                  attention_impl=cfg.get("attention_impl", "reference"))
+                  attention_impl=cfg.get("attention_impl", "folded"))
         for i in range(n)])
     out_dims = [embed // 2**(i + 1) for i in range(n)]
     self.lateral_connection_list = nnx.List([

@@ -43,7 +43,7 @@ class SwinV2Encoder(nnx.Module):
                   scan=cfg.get("scan_blocks", False),
                   residual_dtype=residual_dtype,
                   remat_policy=cfg.get("remat_policy", "full"),
-                  attention_impl=cfg.get("attention_impl", "reference"))
+                  attention_impl=cfg.get("attention_impl", "folded"))
         for i in range(n)])
     self.norms = nnx.List([LayerNorm(e.embed_dim * 2**i, rngs=rngs)
                            for i in range(n)])

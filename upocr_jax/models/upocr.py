@@ -42,7 +42,7 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   policy = cfg.get("remat_policy", "full")
   if policy not in REMAT_POLICIES:
     _fail("remat_policy", f"{policy!r} is not one of {sorted(REMAT_POLICIES)}")
-  impl = cfg.get("attention_impl", "reference")
+  impl = cfg.get("attention_impl", "folded")
   if impl not in ATTENTION_IMPLS:
     _fail("attention_impl", f"{impl!r} is not one of {list(ATTENTION_IMPLS)}")
   if cfg.patch_size != 4:
