@@ -1,5 +1,6 @@
 """Losses: fixture values, per-task isolation, VGG batch, ignore, sharding."""
 
+import collections
 import functools
 import re
 
@@ -115,8 +116,25 @@ def _synthetic_fn():
 def test_vgg_sees_only_text_removal_examples():
   fn, vgg = _synthetic_fn()
   fn(*_random_batch())
-  # Output, composite and target of the 4 removal examples, not the batch of 8.
-  assert vgg.batch_sizes == [3 * LAYOUT.count(TEXT_REMOVAL)] == [12]
+  # Output and composite of the 4 removal examples (one pass, with a
+  # gradient), then their targets (no gradient); not the batch of 8.
+  n = LAYOUT.count(TEXT_REMOVAL)
+  assert vgg.batch_sizes == [2 * n, n] == [8, 4]
+
+
+def test_no_gradient_flows_through_the_vgg_target_pass():
+  """The target pass stays out of the backward (the reason it is its own)."""
+  vgg = _RecordingVGG()
+  outs, batch = _random_batch()
+  loss = lambda o: losses.upocr_loss(o, batch, vgg, _paper_loss_config(),
+                                     LAYOUT)[0]
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(outs))
+  # The leading dim of every convolution's result: 7 convs per VGG pass.
+  batches = collections.Counter(
+      int(m) for m in re.findall(r"f32\[(\d+),[\d,]*\] = conv_general_dilated",
+                                 jaxpr))
+  n = LAYOUT.count(TEXT_REMOVAL)
+  assert batches == {2 * n: 14, n: 7}, batches  # forward + backward; forward
 
 
 @pytest.mark.parametrize("changed", [TEXT_REMOVAL, TAMPERED,

@@ -197,10 +197,12 @@ class WindowAttention(nnx.Module):
     # Named scopes label the profile and FLOP counts (benchmarks/).
     with jax.named_scope("attn_linear"):
       qkv = self.qkv(x) + qkv_bias.astype(self.dtype)
-    # Head-major (3, B, nW, heads, N, head_dim): one transpose here instead
-    # of one around each einsum (models/attention.py).
-    qkv = qkv.reshape(b, nw, n, 3, h, c // h).transpose(3, 0, 1, 4, 2, 5)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    # Head-major (B, nW, heads, N, head_dim): one transpose each here instead
+    # of one around each einsum (models/attention.py). A split, not indexing
+    # of a stacked (3, ...) array: its gradient is one concatenation, where
+    # indexing's was three zero-padded full copies added together.
+    q, k, v = (t.reshape(b, nw, n, h, c // h).transpose(0, 1, 3, 2, 4)
+               for t in jnp.split(qkv, 3, axis=-1))
 
     bias = self.position_bias()
     scale = jnp.exp(jnp.minimum(self.logit_scale[...], _LOGIT_CLAMP))

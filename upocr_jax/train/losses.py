@@ -207,16 +207,18 @@ def upocr_loss(outputs: Sequence[Array], batch: Mapping[str, Array],
       out = outs[-1]
       comp = mask * image + (1 - mask) * out
       n = out.shape[0]
-      # One VGG pass over output, composite and target (3n examples), stacked
-      # example by example (not concatenated) so that each data shard's block
-      # holds its own 3k images. The target's features need no gradient.
-      x = jnp.stack([out, comp, jax.lax.stop_gradient(gt)], axis=1)
+      # One VGG pass over output and composite (2n examples), stacked example
+      # by example (not concatenated) so that each data shard's block holds
+      # its own 2k images, and one over the target: in a single pass the
+      # backward also ran the target's third of the batch, whose gradient is
+      # dropped.
+      x = jnp.stack([out, comp], axis=1)
       with jax.named_scope("vgg"):
-        feats = [f.reshape((n, 3) + f.shape[1:])
-                 for f in vgg(x.reshape((3 * n,) + out.shape[1:]))]
+        feats = [f.reshape((n, 2) + f.shape[1:])
+                 for f in vgg(x.reshape((2 * n,) + out.shape[1:]))]
+        feat_gt = vgg(jax.lax.stop_gradient(gt))
       prc, style = perceptual_and_style([f[:, 0] for f in feats],
-                                        [f[:, 1] for f in feats],
-                                        [f[:, 2] for f in feats])
+                                        [f[:, 1] for f in feats], feat_gt)
       if lc.perceptual:
         metrics["textremoval_prc_loss"] = lc.perceptual_weight * prc
         tr = tr + metrics["textremoval_prc_loss"]
