@@ -59,6 +59,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repo root, for configs/ and benchmarks/
 
 from benchmarks import vs_pytorch_common as common  # noqa: E402
+from benchmarks import vs_pytorch_turns as turns  # noqa: E402
 from upocr_jax import cli_flags  # noqa: E402
 
 _CONFIG = cli_flags.DEFINE_config(
@@ -96,6 +97,12 @@ _OFFICIAL_REMAT = flags.DEFINE_enum(
     "as --remat (like for like), or on / off whatever ours does; off is the "
     "official README's training command, about 19 GiB at the paper size.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random batch and weights.")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave", False, "Keep both sides' processes alive and alternate "
+    "their calls, one each per round (ours compiles first, alone), so that "
+    "a shared machine's slow spells fall on both; both peaks are then "
+    "resident at once. Adds speedup_paired: the median of the per-round "
+    "ratios.")
 
 
 def _threads(requested: int) -> int:
@@ -114,7 +121,7 @@ def _settings(mode: str, size: int, threads: int) -> common.Settings:
   s = common.Settings(mode=mode, size=size, batch_per_task=_BATCH.value,
                       steps=_STEPS.value, warmup=_WARMUP.value,
                       threads=threads, official=_OFFICIAL.value or "",
-                      seed=_SEED.value)
+                      seed=_SEED.value, interleave=_INTERLEAVE.value)
   common.check_settings(s)
   return s
 
@@ -169,6 +176,7 @@ def meta(config, s: common.Settings, size: int) -> dict[str, Any]:
       "dtype": "float32", "remat": bool(config.model.remat),
       "official_remat": _side_remat("official", s.mode),
       "threads": s.threads, "steps": s.steps, "warmup": s.warmup,
+      "interleaved": s.interleave,
       "weights": "random (model and VGG16)",
       "official_path": os.path.abspath(s.official),
       "official_commit": _official_commit(s.official),
@@ -190,6 +198,37 @@ def _child(argv: Sequence[str], side: str, mode: str) -> dict[str, Any]:
   return _last_json(proc.stdout, f"{side} {mode}")
 
 
+def _interleaved(argv: Sequence[str], s: common.Settings
+                 ) -> dict[str, dict[str, Any]]:
+  """Both sides' reports, their calls alternating (``vs_pytorch_turns``)."""
+  procs = {}
+  try:
+    for side in ("ours", "official"):  # ours compiles while nothing else runs
+      cmd = [sys.executable, os.path.abspath(__file__), *argv[1:],
+             f"--side={side}", f"--mode={s.mode}"]
+      print(f"vs_pytorch: {s.mode}, starting the {side} side ...",
+            file=sys.stderr, flush=True)
+      procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+      turns.expect(procs[side], side, (turns.READY,))
+    print(f"vs_pytorch: {s.mode}, {s.warmup + s.steps} alternating rounds "
+          "...", file=sys.stderr, flush=True)
+    turns.drive({side: procs[side] for side in common.SIDES},
+                s.warmup + s.steps)
+    reports = {}
+    for side in common.SIDES:
+      out = turns.rest(procs[side])
+      if procs[side].returncode:
+        raise RuntimeError(f"the {side} side's {s.mode} process failed (exit "
+                           f"{procs[side].returncode}); its error is above")
+      reports[side] = _last_json(out, f"{side} {s.mode}")
+    return reports
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+
+
 def main(argv: Sequence[str]) -> None:
   config = _CONFIG.value
   size = _SIZE.value or int(config.data.image_size)
@@ -208,7 +247,10 @@ def main(argv: Sequence[str]) -> None:
       s = _settings(m, size, threads)
       cfg = common.prepare_config(config, size, s.batch_per_task,
                                   _side_remat("ours", m))
-      reports = {sd: _child(argv, sd, m) for sd in common.SIDES}
+      if s.interleave:
+        reports = _interleaved(argv, s)
+      else:
+        reports = {sd: _child(argv, sd, m) for sd in common.SIDES}
       print(json.dumps(common.combine(m, reports["official"], reports["ours"],
                                       meta(cfg, s, size))), flush=True)
     return

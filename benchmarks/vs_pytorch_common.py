@@ -40,6 +40,8 @@ class Settings:
     threads: CPU threads of each side (see vs_pytorch.py).
     official: path of the official UPOCR checkout.
     seed: seed of the random batch and weights.
+    interleave: take turns with the other side's process, one call each
+      (``vs_pytorch_turns``).
   """
   mode: str
   size: int
@@ -49,6 +51,7 @@ class Settings:
   threads: int
   official: str
   seed: int = 0
+  interleave: bool = False
 
 
 def check_settings(s: Settings) -> None:
@@ -243,4 +246,15 @@ def combine(mode: str, official: dict[str, Any], ours: dict[str, Any],
       "rss_ratio": round(ours["max_rss_bytes"] / official["max_rss_bytes"],
                          3),
       "params_match": official.get("params") == ours.get("params"),
+      **({"speedup_paired": paired_speedup(official["all_s"], ours["all_s"])}
+         if meta.get("interleaved") else {}),
   }
+
+
+def paired_speedup(official: Sequence[float], ours: Sequence[float]) -> float:
+  """Median over rounds of official / ours, call i of each side paired (the
+  calls of ``--interleave`` alternate, so call i of both ran side by side)."""
+  if len(official) != len(ours) or not official:
+    raise ValueError(f"paired_speedup: {len(official)} official and "
+                     f"{len(ours)} ours calls; need the same count, > 0")
+  return round(statistics.median(o / u for o, u in zip(official, ours)), 3)

@@ -40,11 +40,11 @@ import types
 import warnings
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
 from benchmarks import vs_pytorch_common as common
+from benchmarks import vs_pytorch_turns as turns
 
 
 # ---------------------------------------------------------------- stand-ins
@@ -203,21 +203,23 @@ def _official_args(config, s: common.Settings, evaluate: bool
 
 
 class _TimedLoader:
-  """Yields one batch ``n`` times and records when each is asked for: the
-  time between two requests is one iteration of the loop consuming it."""
+  """Yields one batch ``n`` times and times each iteration of the loop
+  consuming it: from handing the batch out to the request for the next."""
 
-  def __init__(self, batch, n: int):
-    self.batch, self.n = batch, n
-    self.stamps: list[float] = []
+  def __init__(self, batch, n: int, interleave: bool):
+    self.batch, self.n, self.interleave = batch, n, interleave
+    self.times: list[float] = []
 
   def __len__(self) -> int:
     return self.n
 
   def __iter__(self) -> Iterator:
     for _ in range(self.n):
-      self.stamps.append(time.perf_counter())
+      turns.wait_turn(self.interleave)
+      t = time.perf_counter()
       yield self.batch
-    self.stamps.append(time.perf_counter())
+      self.times.append(time.perf_counter() - t)
+    turns.finished(self.interleave)
 
 
 def _torch_batch(s: common.Settings, ids: list[int]):
@@ -240,13 +242,13 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
   criterion = optim.build_criterion(args)
   optimizer = optim.build_optimizer(model, args)
   batch = _torch_batch(s, common.task_ids(s.batch_per_task))
-  loader = _TimedLoader(batch, s.warmup + s.steps)
+  loader = _TimedLoader(batch, s.warmup + s.steps, s.interleave)
   train_one_epoch = _official("engine.train").train_one_epoch
   # train_one_epoch logs to stdout; stdout carries this process's JSON.
   with contextlib.redirect_stdout(sys.stderr):
     stats = train_one_epoch(_AsDDP(model), criterion, loader, optimizer,
                             epoch=0, lr_scheduler=[args.lr], args=args)
-  times = list(np.diff(loader.stamps))[s.warmup:]
+  times = loader.times[s.warmup:]
   return {**common.summarize(times), "params": _params(model),
           # The official logger's average over every iteration.
           "loss_mean": float(stats["loss"]), "batch": len(batch[2]),
@@ -261,10 +263,12 @@ def _infer(config, s: common.Settings) -> dict[str, Any]:
   times = []
   with torch.no_grad():
     for i in range(s.warmup + s.steps):
+      turns.wait_turn(s.interleave)
       t = time.perf_counter()
       out = torch.clamp(model(images, tasks=tasks)[-1], min=0, max=1)
       if i >= s.warmup:
         times.append(time.perf_counter() - t)
+    turns.finished(s.interleave)
   return {**common.summarize(times), "params": _params(model),
           "output_mean": float(out.mean()), "batch": 1}
 

@@ -22,6 +22,7 @@ from flax import nnx
 
 from benchmarks import train_step as train_step_bench
 from benchmarks import vs_pytorch_common as common
+from benchmarks import vs_pytorch_turns as turns
 from upocr_jax.inference import runner
 from upocr_jax.models import UPOCR
 from upocr_jax.train import train_step
@@ -48,6 +49,7 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
     compile_s = time.perf_counter() - t
     state, times, loss = args, [], []
     for i in range(s.warmup + s.steps):
+      turns.wait_turn(s.interleave)
       t = time.perf_counter()
       new_params, opt, metrics = compiled(*state)
       jax.block_until_ready((new_params, opt, metrics))
@@ -55,6 +57,7 @@ def _train(config, s: common.Settings) -> dict[str, Any]:
         times.append(time.perf_counter() - t)
       loss.append(float(metrics["loss"]))
       state = (new_params, opt) + state[2:]  # params and opt are donated
+    turns.finished(s.interleave)
   return {**common.summarize(times), "params": params,
           "loss_mean": float(np.mean(loss)), "batch": layout.batch_size,
           "init_s": round(init_s, 2), "lower_s": round(lower_s, 2),
@@ -75,10 +78,12 @@ def _infer(config, s: common.Settings) -> dict[str, Any]:
   first_s = time.perf_counter() - t
   times = []
   for i in range(s.warmup + s.steps):
+    turns.wait_turn(s.interleave)
     t = time.perf_counter()
     out = jax.block_until_ready(runner.forward(model, images, ids))
     if i >= s.warmup:
       times.append(time.perf_counter() - t)
+  turns.finished(s.interleave)
   return {**common.summarize(times),
           "params": _count(nnx.state(model, nnx.Param)),
           "output_mean": float(np.mean(out)), "batch": 1,

@@ -196,9 +196,59 @@ def test_official_stand_ins():
   # Whole samples dropped or scaled by 1 / keep.
   assert set(torch.unique(y).tolist()) <= {0.0, 2.0}
   assert torch.all(y == y[:, :1])
-  loader = official._TimedLoader("b", 3)  # pylint: disable=protected-access
+  loader = official._TimedLoader("b", 3, False)  # pylint: disable=protected-access
   assert len(loader) == 3 and list(loader) == ["b"] * 3
-  assert len(loader.stamps) == 4 and np.all(np.diff(loader.stamps) >= 0)
+  assert len(loader.times) == 3 and min(loader.times) >= 0
+
+
+_FAKE_SIDE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from benchmarks import vs_pytorch_turns as turns
+spans = []
+for _ in range(int(sys.argv[2])):
+  turns.wait_turn(True)
+  t = time.time()
+  time.sleep(0.05)
+  spans.append((t, time.time()))
+turns.finished(True)
+print(json.dumps(spans))
+"""
+
+
+def test_interleaved_sides_take_turns_one_call_at_a_time():
+  from benchmarks import vs_pytorch_turns as turns  # noqa: PLC0415
+  procs = {}
+  for name in ("a", "b"):
+    procs[name] = subprocess.Popen(
+        [sys.executable, "-c", _FAKE_SIDE, ROOT, "3"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    assert turns.expect(procs[name], name, (turns.READY,)) == turns.READY
+  turns.drive(procs, 3)
+  spans = {n: json.loads(turns.rest(p).splitlines()[-1])
+           for n, p in procs.items()}
+  order = sorted((start, end, n) for n, ss in spans.items()
+                 for start, end in ss)
+  assert [n for _, _, n in order] == ["a", "b"] * 3  # alternating
+  for (_, end, _), (start, _, _) in zip(order, order[1:]):
+    assert start >= end  # never two calls at once
+  assert all(p.returncode == 0 for p in procs.values())
+
+
+def test_a_side_that_dies_before_its_turn_is_an_error():
+  from benchmarks import vs_pytorch_turns as turns  # noqa: PLC0415
+  proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True)
+  with pytest.raises(RuntimeError, match="the ours side's process ended "
+                     r"\(exit 3\)"):
+    turns.expect(proc, "ours", (turns.READY,))
+
+
+def test_paired_speedup():
+  assert common.paired_speedup([2.0, 9.0, 3.0], [1.0, 3.0, 3.0]) == 2.0
+  with pytest.raises(ValueError, match="same count"):
+    common.paired_speedup([1.0], [1.0, 2.0])
 
 
 def test_tiny_end_to_end():
@@ -229,3 +279,21 @@ def test_tiny_end_to_end():
   assert train["ours"]["compile_s"] > 0 and infer["ours"]["first_call_s"] > 0
   assert np.isfinite(train["official"]["loss_mean"])
   assert np.isfinite(train["ours"]["loss_mean"])
+  assert not train["interleaved"] and "speedup_paired" not in train
+
+
+def test_tiny_end_to_end_interleaved():
+  pytest.importorskip("torch", reason="torch is not installed")
+  official = os.environ.get("UPOCR_OFFICIAL")
+  if not official:
+    pytest.skip("set UPOCR_OFFICIAL to a checkout of the official UPOCR "
+                "repository to run the side-by-side smoke test")
+  out = _script("--official", official, "--config=configs/upocr.py:tiny",
+                "--size", "64", "--steps", "2", "--warmup", "0",
+                "--threads", "1", "--mode=train", "--interleave",
+                timeout=1800)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = json.loads(out.stdout.strip().splitlines()[-1])
+  assert line["interleaved"] and line["speedup_paired"] > 0
+  assert len(line["official"]["all_s"]) == len(line["ours"]["all_s"]) == 2
+  assert "alternating rounds" in out.stderr
