@@ -251,16 +251,23 @@ def test_paired_speedup():
     common.paired_speedup([1.0], [1.0, 2.0])
 
 
-def test_tiny_end_to_end():
+def _tiny_side_by_side(*flags):
+  """Runs the script on the tiny model at 64x64, one thread, against the
+  official checkout UPOCR_OFFICIAL names (skips without it or torch)."""
   pytest.importorskip("torch", reason="torch is not installed")
   official = os.environ.get("UPOCR_OFFICIAL")
   if not official:
     pytest.skip("set UPOCR_OFFICIAL to a checkout of the official UPOCR "
                 "repository to run the side-by-side smoke test")
   out = _script("--official", official, "--config=configs/upocr.py:tiny",
-                "--size", "64", "--steps", "1", "--warmup", "0",
-                "--threads", "1", timeout=1800)
+                "--size", "64", "--warmup", "0", "--threads", "1", *flags,
+                timeout=1800)
   assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def test_tiny_end_to_end():
+  out = _tiny_side_by_side("--steps", "1")
   lines = [json.loads(s) for s in out.stdout.splitlines() if s.startswith("{")]
   assert [line["mode"] for line in lines] == ["train", "infer"]
   for line in lines:
@@ -283,16 +290,7 @@ def test_tiny_end_to_end():
 
 
 def test_tiny_end_to_end_interleaved():
-  pytest.importorskip("torch", reason="torch is not installed")
-  official = os.environ.get("UPOCR_OFFICIAL")
-  if not official:
-    pytest.skip("set UPOCR_OFFICIAL to a checkout of the official UPOCR "
-                "repository to run the side-by-side smoke test")
-  out = _script("--official", official, "--config=configs/upocr.py:tiny",
-                "--size", "64", "--steps", "2", "--warmup", "0",
-                "--threads", "1", "--mode=train", "--interleave",
-                timeout=1800)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = _tiny_side_by_side("--steps", "2", "--mode=train", "--interleave")
   line = json.loads(out.stdout.strip().splitlines()[-1])
   assert line["interleaved"] and line["speedup_paired"] > 0
   assert len(line["official"]["all_s"]) == len(line["ours"]["all_s"]) == 2
