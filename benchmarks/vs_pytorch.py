@@ -186,16 +186,25 @@ def meta(config, s: common.Settings, size: int) -> dict[str, Any]:
   }
 
 
-def _child(argv: Sequence[str], side: str, mode: str) -> dict[str, Any]:
+def _child_cmd(argv: Sequence[str], side: str, mode: str) -> list[str]:
   # Flags given twice take the last value: the child's --side / --mode win.
-  cmd = [sys.executable, os.path.abspath(__file__), *argv[1:],
-         f"--side={side}", f"--mode={mode}"]
-  print(f"vs_pytorch: {mode}, {side} side ...", file=sys.stderr, flush=True)
-  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-  if proc.returncode:
+  return [sys.executable, os.path.abspath(__file__), *argv[1:],
+          f"--side={side}", f"--mode={mode}"]
+
+
+def _report(stdout: str, returncode: int, side: str, mode: str
+            ) -> dict[str, Any]:
+  if returncode:
     raise RuntimeError(f"the {side} side's {mode} process failed (exit "
-                       f"{proc.returncode}); its error is above")
-  return _last_json(proc.stdout, f"{side} {mode}")
+                       f"{returncode}); its error is above")
+  return _last_json(stdout, f"{side} {mode}")
+
+
+def _child(argv: Sequence[str], side: str, mode: str) -> dict[str, Any]:
+  print(f"vs_pytorch: {mode}, {side} side ...", file=sys.stderr, flush=True)
+  proc = subprocess.run(_child_cmd(argv, side, mode), stdout=subprocess.PIPE,
+                        text=True, check=False)
+  return _report(proc.stdout, proc.returncode, side, mode)
 
 
 def _interleaved(argv: Sequence[str], s: common.Settings
@@ -204,11 +213,10 @@ def _interleaved(argv: Sequence[str], s: common.Settings
   procs = {}
   try:
     for side in ("ours", "official"):  # ours compiles while nothing else runs
-      cmd = [sys.executable, os.path.abspath(__file__), *argv[1:],
-             f"--side={side}", f"--mode={s.mode}"]
       print(f"vs_pytorch: {s.mode}, starting the {side} side ...",
             file=sys.stderr, flush=True)
-      procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+      procs[side] = subprocess.Popen(_child_cmd(argv, side, s.mode),
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
       turns.expect(procs[side], side, (turns.READY,))
     print(f"vs_pytorch: {s.mode}, {s.warmup + s.steps} alternating rounds "
@@ -218,10 +226,7 @@ def _interleaved(argv: Sequence[str], s: common.Settings
     reports = {}
     for side in common.SIDES:
       out = turns.rest(procs[side])
-      if procs[side].returncode:
-        raise RuntimeError(f"the {side} side's {s.mode} process failed (exit "
-                           f"{procs[side].returncode}); its error is above")
-      reports[side] = _last_json(out, f"{side} {s.mode}")
+      reports[side] = _report(out, procs[side].returncode, side, s.mode)
     return reports
   finally:
     for proc in procs.values():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import IO, Mapping
+from typing import Mapping
 
 READY = "vs_pytorch:ready"
 DONE = "vs_pytorch:done"
@@ -25,13 +25,13 @@ def _say(line: str) -> None:
   sys.__stdout__.flush()
 
 
-def wait_turn(enabled: bool, stdin: IO[str] | None = None) -> None:
+def wait_turn(enabled: bool) -> None:
   """In a side's process, before each call: with ``enabled``, tell the
   parent this side is ready and block until it says go."""
   if not enabled:
     return
   _say(READY)
-  line = (stdin or sys.stdin).readline()
+  line = sys.stdin.readline()
   if line.strip() != GO:
     raise RuntimeError(f"vs_pytorch --interleave: expected {GO!r} from the "
                        f"parent process, got {line.strip()!r}")

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 IMPLS = ("deferred", "folded", "reference")
+DEFAULT_IMPL = "folded"  # config.model.attention_impl when unset
 
 
 def cosine_normalize(t: Array, dtype) -> Array:
@@ -77,7 +78,7 @@ add_position_bias.defvjp(_add_position_bias_fwd, _add_position_bias_bwd)
 
 
 def attend(q: Array, k: Array, v: Array, scale: Array, bias: Array,
-           mask: Array | None, dtype, impl: str = "folded") -> Array:
+           mask: Array | None, dtype, impl: str = DEFAULT_IMPL) -> Array:
   """Scaled cosine attention of every window.
 
   Args:

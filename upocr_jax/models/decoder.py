@@ -10,6 +10,7 @@ from upocr_jax import sharding
 from upocr_jax.models.layers import (HIRES_IMAGE_AXES, HIRES_MAP_AXES,
                                      MAP_AXES, Conv2d, LayerNorm,
                                      drop_path_schedule)
+from upocr_jax.models import attention
 from upocr_jax.models.swinv2 import SwinStage
 
 Array = jax.Array
@@ -57,7 +58,7 @@ class SwinV2Decoder(nnx.Module):
                   out_act_axes=axes(i >= first_out),
                   residual_dtype=residual_dtype,
                   remat_policy=cfg.get("remat_policy", "full"),
-                  attention_impl=cfg.get("attention_impl", "folded"))
+                  attention_impl=cfg.get("attention_impl", attention.DEFAULT_IMPL))
         for i in range(n)])
     out_dims = [embed // 2**(i + 1) for i in range(n)]
     self.lateral_connection_list = nnx.List([

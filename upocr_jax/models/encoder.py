@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from upocr_jax.models.layers import Conv2d, LayerNorm, drop_path_schedule
+from upocr_jax.models import attention
 from upocr_jax.models.swinv2 import SwinStage
 
 Array = jax.Array
@@ -43,7 +44,7 @@ class SwinV2Encoder(nnx.Module):
                   scan=cfg.get("scan_blocks", False),
                   residual_dtype=residual_dtype,
                   remat_policy=cfg.get("remat_policy", "full"),
-                  attention_impl=cfg.get("attention_impl", "folded"))
+                  attention_impl=cfg.get("attention_impl", attention.DEFAULT_IMPL))
         for i in range(n)])
     self.norms = nnx.List([LayerNorm(e.embed_dim * 2**i, rngs=rngs)
                            for i in range(n)])

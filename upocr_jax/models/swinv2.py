@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from upocr_jax import sharding
-from upocr_jax.models.attention import attend
+from upocr_jax.models.attention import DEFAULT_IMPL, attend
 from upocr_jax.models.layers import (MAP_AXES, Dense, LayerNorm, drop_path,
                                      param, zeros)
 
@@ -158,7 +158,7 @@ class WindowAttention(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, window: int,
                pretrained_window: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               impl: str = "folded"):
+               impl: str = DEFAULT_IMPL):
     self.num_heads = num_heads
     self.impl = impl  # models/attention.py
     self.window = window
@@ -234,7 +234,7 @@ class SwinBlock(nnx.Module):
                pretrained_window: int, shift: int, drop_path_rate: float,
                mlp_ratio: float, mask_padding: bool, *, rngs: nnx.Rngs,
                dtype=jnp.float32, residual_dtype=jnp.float32,
-               attention_impl: str = "folded"):
+               attention_impl: str = DEFAULT_IMPL):
     self.window = window
     self.shift = shift
     # The residual stream's dtype (models/precision.py): also the carry of a
@@ -367,7 +367,7 @@ class SwinStage(nnx.Module):
                act_axes: tuple[str | None, ...] = MAP_AXES,
                out_act_axes: tuple[str | None, ...] = MAP_AXES,
                residual_dtype=jnp.float32, remat_policy: str = "full",
-               attention_impl: str = "folded"):
+               attention_impl: str = DEFAULT_IMPL):
     if remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy: {remat_policy!r} is not one of "
                        f"{sorted(REMAT_POLICIES)}")

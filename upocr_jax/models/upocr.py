@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from upocr_jax.models.attention import DEFAULT_IMPL as ATTENTION_DEFAULT
 from upocr_jax.models.attention import IMPLS as ATTENTION_IMPLS
 from upocr_jax.models.decoder import SwinV2Decoder
 from upocr_jax.models.encoder import SwinV2Encoder
@@ -42,7 +43,7 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   policy = cfg.get("remat_policy", "full")
   if policy not in REMAT_POLICIES:
     _fail("remat_policy", f"{policy!r} is not one of {sorted(REMAT_POLICIES)}")
-  impl = cfg.get("attention_impl", "folded")
+  impl = cfg.get("attention_impl", ATTENTION_DEFAULT)
   if impl not in ATTENTION_IMPLS:
     _fail("attention_impl", f"{impl!r} is not one of {list(ATTENTION_IMPLS)}")
   if cfg.patch_size != 4:
