@@ -22,7 +22,8 @@ speed-up (official / ours time) and the RSS ratio (ours / official).
   AdamW, plus a finite-loss guard), on the same random batch of
   ``--batch_per_task`` images per task (3 tasks).
 * infer: the official ``engine/val.py`` forward (eval mode, no grad, last
-  output clamped) against ``upocr_jax.inference.runner.forward``, batch 1.
+  output clamped) against ``upocr_jax.inference.runner.forward_fn``, batch 1
+  (the model prepared once, as upocr-predict and upocr-eval run it).
 
 Random weights on both sides (VGG16 too): speed depends on neither weights nor
 data. float32 only. The official model is built with the hyper-parameters of

@@ -199,3 +199,26 @@ def test_eval_forward_returns_only_the_image_and_compiles_once():
   out = runner.forward(model, images + 1, ids)
   assert runner._forward._cache_size() == before  # pylint: disable=protected-access
   assert out.shape == (1, 32, 32, 3) and out.dtype == jnp.float32
+
+
+def test_forward_fn_prepares_the_model_once(monkeypatch):
+  """predict_batches (and upocr-eval) make the float32 view once, not per
+  batch, and the prepared function gives forward's outputs (HIGHEST
+  precision included: a bfloat16 model's view computes in float32)."""
+  cfg = _scanned_config("bfloat16", "bfloat16").model
+  model = UPOCR(cfg, rngs=nnx.Rngs(0))
+  views = []
+  real = runner.precision.full_precision
+  monkeypatch.setattr(runner.precision, "full_precision",
+                      lambda m: views.append(m) or real(m))
+  images = np.asarray(jax.random.randint(jax.random.key(1), (5, 32, 32, 3),
+                                         0, 256), np.uint8)
+  out = runner.predict_batches(model, images, task_id=1, batch_size=2)
+  assert len(views) == 1
+  run = runner.forward_fn(model)
+  ids = jnp.ones((2,), jnp.int32)
+  np.testing.assert_array_equal(out[:2], np.asarray(run(images[:2], ids)))
+  np.testing.assert_array_equal(
+      np.asarray(run(images[2:4], ids)),
+      np.asarray(runner.forward(model, images[2:4], ids)))
+  assert len(views) == 3

@@ -211,6 +211,7 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
     bar.update(1)
 
   pending = None
+  run = runner.forward_fn(model)
   with (sharding.mesh_context(mesh, sharding.activation_rules(config, axes))
         if mesh is not None
         else contextlib.nullcontext()):
@@ -218,8 +219,7 @@ def evaluate(model: UPOCR, config: ml_collections.ConfigDict, task: str,
       ids = np.full(len(batch["image"]), model_task_id, np.int32)
       # Dispatch is asynchronous: the device runs this batch while the host
       # computes the metrics of the previous one.
-      out = runner.forward(model, _put(batch["image"], mesh, spec),
-                              _put(ids, mesh, spec))
+      out = run(_put(batch["image"], mesh, spec), _put(ids, mesh, spec))
       if pending is not None:
         consume(*pending)
       pending = (batch, out)

@@ -7,9 +7,10 @@
   (``config.sharding``; data parallel over all devices when the config has
   none), never whole on one device; :func:`place_on_mesh` does the same for a
   model already in memory.
-* :func:`forward` / :func:`predict_batches`: the jitted model call returning the
-  clamped full-resolution output, and a batched host loop around it with a fixed
-  batch shape (one compilation whatever the number of images).
+* :func:`forward` / :func:`forward_fn` / :func:`predict_batches`: the jitted
+  model call returning the clamped full-resolution output (``forward_fn``
+  prepares the model once for many calls), and a batched host loop around it
+  with a fixed batch shape (one compilation whatever the number of images).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -160,11 +161,27 @@ def forward(model: UPOCR, images: jax.Array, task_ids: jax.Array
   ``images`` uint8 (converted here, so only a quarter of the bytes travel to the
   device) or float in [0, 1]; H, W multiples of 32. Runs in full float32
   whatever the model's training dtypes, at HIGHEST matmul precision, as the
-  official evaluation (TF32 off); see upocr_jax/models/precision.py.
+  official evaluation (TF32 off); see upocr_jax/models/precision.py. For many
+  calls with the same parameters, :func:`forward_fn` prepares the model once.
   """
-  with precision.eval_precision():
-    return _forward(*nnx.split(precision.full_precision(model)), images,
-                    task_ids)
+  return forward_fn(model)(images, task_ids)
+
+
+def forward_fn(model: UPOCR) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """:func:`forward` bound to ``model``'s parameters as they are now.
+
+  The float32 view and its split are made once here, not per call: on the
+  paper model they cost about as much as a tenth of a 512x512 CPU forward
+  (benchmarks/README.md). The returned function keeps using these parameter
+  arrays, so call this again after the model's parameters change (training).
+  """
+  graphdef, state = nnx.split(precision.full_precision(model))
+
+  def call(images: jax.Array, task_ids: jax.Array) -> jax.Array:
+    with precision.eval_precision():
+      return _forward(graphdef, state, images, task_ids)
+
+  return call
 
 
 def lower_forward(model: UPOCR, images, task_ids):
@@ -211,6 +228,7 @@ def predict_batches(model: UPOCR, images: np.ndarray, task_id: int,
         x, sharding.batch_sharding(mesh, parallel, x.ndim))
   n = len(images)
   outs = []
+  run = forward_fn(model)
   with context:
     for sl in _chunks(n, batch_size):
       batch = images[sl]
@@ -219,7 +237,7 @@ def predict_batches(model: UPOCR, images: np.ndarray, task_id: int,
         pad = np.zeros((batch_size - k,) + batch.shape[1:], batch.dtype)
         batch = np.concatenate([batch, pad])
       ids = np.full((batch_size,), task_id, np.int32)
-      outs.append(np.asarray(forward(model, put(batch), put(ids)))[:k])
+      outs.append(np.asarray(run(put(batch), put(ids)))[:k])
   if not outs:
     return np.zeros((0,) + images.shape[1:3] + (3,), np.float32)
   return np.concatenate(outs)
